@@ -109,3 +109,25 @@ def test_csv_corrupt_image_names_the_file(tmp_path: Path) -> None:
     csv.write_text("image,labels\nx.png,a\n")
     with pytest.raises(SSKTError, match="x.png"):
         load_multilabel_csv(csv, tmp_path, size=8)
+
+
+def test_cifar_mosaics_label_is_the_set_of_tile_classes() -> None:
+    from sskt.data.mosaic import make_mosaics
+
+    gen = torch.Generator().manual_seed(1)
+    labels = torch.arange(200) % 10
+    images = torch.randint(0, 256, (200, 3, 32, 32), dtype=torch.uint8, generator=gen)
+    m = make_mosaics(images, labels, n=400, seed=3)
+    assert m.images.shape == (400, 3, 64, 64) and m.images.dtype == torch.uint8
+    # each quadrant is the recorded source image, and the target is exactly its classes
+    assert torch.equal(m.images[:, :, 32:, :32], images[m.tiles[:, 2]])
+    expected = torch.zeros(400, 10).scatter_(1, labels[m.tiles], 1.0)
+    assert torch.equal(m.targets, expected)
+    # label-set sizes 1..4 all occur, about a quarter each
+    sizes = torch.bincount(m.targets.sum(1).long(), minlength=5)[1:]
+    assert sizes.min() > 60 and sizes.sum() == 400
+    # seeded: same seed, same mosaics; another seed, others
+    assert torch.equal(make_mosaics(images, labels, n=400, seed=3).images, m.images)
+    assert not torch.equal(make_mosaics(images, labels, n=400, seed=4).tiles, m.tiles)
+    split = m.to_split([str(i) for i in range(10)])
+    assert len(split) == 400 and not split.ignore.any()
