@@ -1,0 +1,155 @@
+"""Experiment configuration: one YAML file per experiment, with ``key.path=value`` overrides.
+
+Sections: ``data`` (:class:`~sskt.data.DataConfig`), ``target`` (:class:`~sskt.methods.TargetConfig`),
+``method`` (``name`` plus that method's own options, validated by the method) and ``train``
+(:class:`TrainConfig`). Unknown keys are errors, never silently ignored.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from sskt.data.datasets import DataConfig
+from sskt.errors import SSKTError
+from sskt.methods.base import TargetConfig
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation loop. Defaults follow the reference CIFAR recipe (SGD 0.1, momentum 0.9,
+    weight decay 5e-4, batch 128, 200 epochs, lr x0.2 at epochs 60/120/160)."""
+
+    epochs: int = 200
+    batch_size: int = 128
+    eval_batch_size: int = 512
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    schedule: str = "multistep"  # multistep | cosine | constant
+    milestones: list[int] = field(default_factory=lambda: [60, 120, 160])
+    gamma: float = 0.2
+    precision: str = "32-true"  # Lightning precision of the target: 32-true, bf16-mixed, 16-mixed
+    accelerator: str = "auto"
+    devices: Any = 1
+    strategy: str = "auto"
+    num_nodes: int = 1
+    eval_every: int = 1
+    progress_bar: bool = True
+    log_every_n_steps: int = 10
+    limit_train_batches: Any = None  # quick checks: a number of batches or a fraction
+    resume: bool = True
+    tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise SSKTError(f"train.epochs must be >= 1, got {self.epochs}")
+        if self.lr <= 0:
+            raise SSKTError(f"train.lr must be > 0, got {self.lr}")
+        if self.schedule not in ("multistep", "cosine", "constant"):
+            raise SSKTError(f"train.schedule must be multistep, cosine or constant, got {self.schedule!r}")
+
+
+@dataclass
+class ExperimentConfig:
+    """A whole experiment. ``out_dir`` holds checkpoints, logs, ``result.json`` and ``target.pt``.
+
+    Example:
+        >>> cfg = ExperimentConfig.from_dict({"method": {"name": "scratch"}, "train": {"epochs": 2}})
+        >>> cfg.train.epochs, cfg.method["name"]
+        (2, 'scratch')
+    """
+
+    name: str = "experiment"
+    seed: int = 0
+    out_dir: str = "runs/experiment"
+    data: DataConfig = field(default_factory=DataConfig)
+    target: TargetConfig = field(default_factory=TargetConfig)
+    method: dict = field(default_factory=lambda: {"name": "scratch"})
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "ExperimentConfig":
+        raw = copy.deepcopy(raw)
+        sections = {"data": DataConfig, "target": TargetConfig, "train": TrainConfig}
+        top = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - top)
+        if unknown:
+            raise SSKTError(f"unknown config section(s) {unknown}; known: {sorted(top)}")
+        kwargs: dict[str, Any] = {}
+        for key, value in raw.items():
+            if key in sections:
+                kwargs[key] = _section(sections[key], value or {}, key)
+            else:
+                kwargs[key] = value
+        if not isinstance(kwargs.get("method", {"name": "scratch"}), dict):
+            raise SSKTError("method must be a mapping with a name, e.g. method: {name: sskt, ...}")
+        return cls(**kwargs)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: Sequence[str] = ()) -> "ExperimentConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise SSKTError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise SSKTError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        return cls.from_dict(apply_overrides(raw, overrides))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def with_overrides(self, overrides: Sequence[str]) -> "ExperimentConfig":
+        return ExperimentConfig.from_dict(apply_overrides(self.to_dict(), overrides))
+
+
+def _section(cls: type, value: dict, name: str) -> Any:
+    if not isinstance(value, dict):
+        raise SSKTError(f"config section {name!r} must be a mapping")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise SSKTError(f"unknown key(s) in {name}: {unknown}; known: {sorted(known)}")
+    return cls(**value)
+
+
+def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML; list items by index: ``sources.0.alpha``).
+
+    Example:
+        >>> apply_overrides({"train": {"epochs": 200}}, ["train.epochs=3", "method.name=sskt"])
+        {'train': {'epochs': 3}, 'method': {'name': 'sskt'}}
+    """
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise SSKTError(f"override {item!r} must look like key.path=value")
+        key, text = item.split("=", 1)
+        value = yaml.safe_load(text) if text else None
+        node: Any = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if isinstance(node, list):
+                node = node[_index(part, node, key)]
+            else:
+                node = node.setdefault(part, {})
+                if node is None:
+                    raise SSKTError(f"override {key}: {part} is empty in the config")
+        last = parts[-1]
+        if isinstance(node, list):
+            node[_index(last, node, key)] = value
+        else:
+            node[last] = value
+    return raw
+
+
+def _index(part: str, node: list, key: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise SSKTError(f"override {key}: {part!r} is not an index of a list of {len(node)}")
+    return int(part)

@@ -1,0 +1,7 @@
+"""Datasets decoded to tensors, labelled subsets and batch augmentation."""
+from sskt.data.augment import BatchAugment, apply_view, to_float
+from sskt.data.datasets import DATASETS, DataConfig, load_data, per_class_indices
+from sskt.data.tensor_dataset import ImageSplits, ImageTensorDataset, collate_batch
+
+__all__ = ["BatchAugment", "apply_view", "to_float", "DATASETS", "DataConfig", "load_data", "per_class_indices",
+           "ImageSplits", "ImageTensorDataset", "collate_batch"]

@@ -1,0 +1,265 @@
+"""Datasets by name, decoded once into uint8 tensors.
+
+Built in: ``cifar10``, ``cifar100``, ``stl10`` (torchvision formats), ``mnist``, ``fashion-mnist``
+(IDX files), ``imagefolder`` (``root/<split>/<class>/<image>``) and ``digits`` (scikit-learn's 8x8
+digits, bundled, for the quickstart). Register more with ``@DATASETS.register(name)``.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from sskt.data.tensor_dataset import ImageSplits, ImageTensorDataset
+from sskt.errors import SSKTError
+from sskt.registry import Registry
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".gif", ".tif", ".tiff", ".webp"}
+
+
+@dataclass
+class DataConfig:
+    """Which data, how much of it is labelled, and how it is augmented.
+
+    ``per_class`` keeps a seeded subset of N labelled training images per class (the low-label
+    setting SSKT is for); ``subset_seed`` fixes that subset independently of the training seed, so
+    seeds compare methods on the same labels. ``test_per_class`` shrinks the test split (for quick
+    checks only). ``grayscale_to_rgb`` repeats grey images to 3 channels.
+    """
+
+    dataset: str = "cifar10"
+    root: str | None = None
+    train_split: str = "train"
+    test_split: str = "test"
+    per_class: int | None = None
+    test_per_class: int | None = None
+    subset_seed: int = 0
+    image_size: int | None = None
+    grayscale_to_rgb: bool = True
+    crop_padding: int = 4
+    flip: bool = True
+    download: bool = False
+    num_workers: int = 0
+    options: dict | None = None  # dataset-specific settings
+
+
+DatasetBuilder = Callable[[DataConfig], ImageSplits]
+DATASETS: Registry[DatasetBuilder] = Registry("dataset")
+
+
+def per_class_indices(labels: Tensor, n: int | None, seed: int, classes: list[str], split: str) -> Tensor:
+    """Seeded choice of ``n`` indices per class (all indices when ``n`` is None), sorted.
+
+    Example:
+        >>> per_class_indices(torch.tensor([0, 0, 1, 1, 1]), 1, 0, ["a", "b"], "train").tolist()  # doctest: +SKIP
+        [1, 3]
+    """
+    if n is None:
+        return torch.arange(len(labels))
+    if n < 1:
+        raise SSKTError(f"per_class must be >= 1, got {n}")
+    g = torch.Generator().manual_seed(seed)
+    chosen = []
+    for c in range(len(classes)):
+        idx = (labels == c).nonzero().flatten()
+        if len(idx) < n:
+            raise SSKTError(
+                f"class {classes[c]!r} has {len(idx)} {split} images, fewer than the {n} per class asked; "
+                f"lower per_class"
+            )
+        chosen.append(idx[torch.randperm(len(idx), generator=g)[:n]])
+    return torch.cat(chosen).sort().values
+
+
+def _require_root(cfg: DataConfig) -> Path:
+    if cfg.root is None:
+        raise SSKTError(f"dataset {cfg.dataset!r} needs data.root (a local folder)")
+    root = Path(cfg.root).expanduser()
+    if not root.exists() and not cfg.download:
+        raise SSKTError(f"data root {root} does not exist; fix data.root (or set data.download: true where allowed)")
+    return root
+
+
+def _finish(cfg: DataConfig, train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor,
+            classes: list[str], **meta: object) -> ImageSplits:
+    """Subset, grey -> RGB, resize; shared by the in-memory datasets."""
+    tr = per_class_indices(train_y, cfg.per_class, cfg.subset_seed, classes, cfg.train_split)
+    te = per_class_indices(test_y, cfg.test_per_class, cfg.subset_seed, classes, cfg.test_split)
+    train_x, test_x = _shape(train_x[tr], cfg), _shape(test_x[te], cfg)
+    return ImageSplits(ImageTensorDataset(train_x, train_y[tr].long()), ImageTensorDataset(test_x, test_y[te].long()),
+                       classes, meta=dict(meta))
+
+
+def _shape(x: Tensor, cfg: DataConfig) -> Tensor:
+    if cfg.grayscale_to_rgb and x.shape[1] == 1:
+        x = x.expand(-1, 3, *x.shape[2:]).contiguous()
+    if cfg.image_size is not None and (x.shape[-1] != cfg.image_size or x.shape[-2] != cfg.image_size):
+        x = torch.nn.functional.interpolate(x.float(), size=(cfg.image_size, cfg.image_size), mode="bilinear",
+                                            antialias=True, align_corners=False).round().clamp(0, 255).byte()
+    return x
+
+
+def _torchvision_dataset(cls_name: str, label_attr: str) -> DatasetBuilder:
+    def build(cfg: DataConfig) -> ImageSplits:
+        import torchvision
+
+        root = _require_root(cfg)
+        cls = getattr(torchvision.datasets, cls_name)
+        splits = []
+        for split in (cfg.train_split, cfg.test_split):
+            kwargs = {"split": split} if cls_name == "STL10" else {"train": split == "train"}
+            try:
+                ds = cls(str(root), download=cfg.download, **kwargs)
+            except RuntimeError as err:
+                raise SSKTError(f"{cls_name} not found under {root} ({err}); point data.root at the folder "
+                                f"holding it, or set data.download: true on a machine that is online") from None
+            x = torch.from_numpy(np.asarray(ds.data))
+            x = x if cls_name == "STL10" else x.permute(0, 3, 1, 2)
+            splits += [x.contiguous(), torch.as_tensor(np.asarray(getattr(ds, label_attr)))]
+        classes = list(getattr(ds, "classes", [str(i) for i in range(int(splits[1].max()) + 1)]))
+        return _finish(cfg, *splits, classes)
+
+    return build
+
+
+DATASETS.register("cifar10")(_torchvision_dataset("CIFAR10", "targets"))
+DATASETS.register("cifar100")(_torchvision_dataset("CIFAR100", "targets"))
+DATASETS.register("stl10")(_torchvision_dataset("STL10", "labels"))
+
+
+def read_idx(path: Path) -> Tensor:
+    """An IDX file (MNIST format, optionally gzipped) as a uint8 tensor."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        data = fh.read()
+    magic = int.from_bytes(data[:4], "big")
+    ndim = magic & 0xFF
+    if (magic >> 8) != 0x08:
+        raise SSKTError(f"{path} is not a uint8 IDX file; re-download it")
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if arr.size != int(np.prod(dims)):
+        raise SSKTError(f"{path} is truncated ({arr.size} of {int(np.prod(dims))} bytes); re-download it")
+    return torch.from_numpy(arr.reshape(dims).copy())
+
+
+def _idx_dataset(classes: list[str]) -> DatasetBuilder:
+    def build(cfg: DataConfig) -> ImageSplits:
+        root = _require_root(cfg)
+
+        def find(stem: str) -> Path:
+            for name in (stem, stem + ".gz"):
+                if (root / name).is_file():
+                    return root / name
+            raise SSKTError(f"{stem}(.gz) not found in {root}; point data.root at the folder of the IDX files")
+
+        parts = []
+        for prefix in ("train", "t10k"):
+            parts += [read_idx(find(f"{prefix}-images-idx3-ubyte")).unsqueeze(1), read_idx(find(f"{prefix}-labels-idx1-ubyte"))]
+        return _finish(cfg, *parts, classes)
+
+    return build
+
+
+DATASETS.register("mnist")(_idx_dataset([str(i) for i in range(10)]))
+DATASETS.register("fashion-mnist")(_idx_dataset(
+    ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot"]))
+
+
+@DATASETS.register("digits")
+def digits(cfg: DataConfig) -> ImageSplits:
+    """scikit-learn's 1,797 8x8 digits, split by a fixed seed into three disjoint parts:
+    ``source`` (40%, for pretraining a source), ``train`` (30%) and ``test`` (30%)."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.from_numpy((d.images * (255.0 / 16.0)).round().astype(np.uint8)).unsqueeze(1)
+    y = torch.from_numpy(d.target)
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(1234))
+    n_src, n_tr = int(0.4 * len(y)), int(0.3 * len(y))
+    parts = {"source": perm[:n_src], "train": perm[n_src:n_src + n_tr], "test": perm[n_src + n_tr:]}
+    for split in (cfg.train_split, cfg.test_split):
+        if split not in parts:
+            raise SSKTError(f"digits has splits {sorted(parts)}, not {split!r}")
+    tr, te = parts[cfg.train_split], parts[cfg.test_split]
+    return _finish(cfg, x[tr], y[tr], x[te], y[te], [str(i) for i in range(10)])
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("SSKT_CACHE_DIR", Path.home() / ".cache" / "sskt"))
+
+
+def decode_images(paths: list[Path], size: int | None) -> Tensor:
+    """Decode image files to a uint8 (N,3,H,W) tensor, cached on disk by file list, size and mtime."""
+    from PIL import Image, UnidentifiedImageError
+
+    h = hashlib.sha256(str(size).encode())
+    for p in paths:
+        st = p.stat()
+        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode())
+    cache = _cache_dir() / "decoded" / f"{h.hexdigest()[:24]}.npy"
+    if cache.is_file():
+        try:
+            return torch.from_numpy(np.load(cache))
+        except (ValueError, OSError, EOFError):
+            cache.unlink(missing_ok=True)  # a damaged cache is rebuilt, never used
+    arrays = []
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                im = im.convert("RGB")
+                if size is not None and im.size != (size, size):
+                    im = im.resize((size, size), Image.BILINEAR)
+                arrays.append(np.asarray(im))
+        except (UnidentifiedImageError, OSError, SyntaxError) as err:
+            raise SSKTError(f"corrupt image file {p} ({err.__class__.__name__}); delete or replace it") from None
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise SSKTError(f"images have different sizes {sorted(shapes)[:3]}; set data.image_size to resize them")
+    out = np.stack(arrays).transpose(0, 3, 1, 2).copy() if arrays else np.zeros((0, 3, size or 1, size or 1), np.uint8)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(f".{os.getpid()}.tmp.npy")
+    np.save(tmp, out)
+    os.replace(tmp, cache)
+    return torch.from_numpy(out)
+
+
+@DATASETS.register("imagefolder")
+def imagefolder(cfg: DataConfig) -> ImageSplits:
+    """``root/<split>/<class>/<image>``; classes sorted by name as torchvision's ImageFolder does.
+    Only the selected subset is decoded, once; decoded tensors are cached (``SSKT_CACHE_DIR``)."""
+    root = _require_root(cfg)
+
+    def listing(split: str) -> tuple[list[Path], list[str]]:
+        d = root / split
+        if not d.is_dir():
+            raise SSKTError(f"{d} not found: an imagefolder root needs {split}/<class>/<image> folders")
+        classes = sorted(c.name for c in d.iterdir() if c.is_dir())
+        if not classes:
+            raise SSKTError(f"{d} has no class folders")
+        return sorted(p for c in classes for p in (d / c).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), classes
+
+    out = []
+    classes: list[str] = []
+    for split, n in ((cfg.train_split, cfg.per_class), (cfg.test_split, cfg.test_per_class)):
+        files, split_classes = listing(split)
+        if classes and split_classes != classes:
+            raise SSKTError(f"{root}/{split} has different class folders from {root}/{cfg.train_split}")
+        classes = split_classes
+        labels = torch.tensor([classes.index(p.parent.name) for p in files])
+        keep = per_class_indices(labels, n, cfg.subset_seed, classes, split)
+        images = decode_images([files[i] for i in keep.tolist()], cfg.image_size)
+        out.append(ImageTensorDataset(_shape(images, cfg), labels[keep]))
+    return ImageSplits(out[0], out[1], classes)
+
+
+def load_data(cfg: DataConfig) -> ImageSplits:
+    """The train and test splits of ``cfg.dataset``, subset and decoded."""
+    return DATASETS.get(cfg.dataset)(cfg)

@@ -1,0 +1,138 @@
+"""The Lightning module that runs any :class:`~sskt.methods.Method`."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+import torchmetrics
+from torch import Tensor
+
+from sskt.data.augment import BatchAugment, to_float
+from sskt.errors import SSKTError
+from sskt.methods.base import Method
+
+
+class MethodModule(L.LightningModule):
+    """Owns the loop's plumbing so a method holds only its maths: augmentation, optimiser and
+    schedule, metrics (top-1 or mAP), per-loss logging, the NaN guard, and the per-epoch history.
+
+    Frozen modules (sources, teachers) are left out of checkpoints; they are rebuilt from their
+    own files when a run resumes.
+    """
+
+    def __init__(self, method: Method, train_cfg: Any, crop_padding: int = 4, flip: bool = True,
+                 num_classes: int = 10, multilabel: bool = False, seed: int = 0,
+                 config: dict | None = None) -> None:
+        super().__init__()
+        self.config = config or {}  # stored in checkpoints so evaluate/export can rebuild the run
+        self.method = method
+        self.train_cfg = train_cfg
+        self.crop_padding, self.flip, self.seed = crop_padding, flip, seed
+        self.multilabel = multilabel
+        self.automatic_optimization = method.automatic_optimization
+        self.strict_loading = False  # frozen modules are not in the checkpoint
+        if multilabel:
+            self.metric = torchmetrics.classification.MultilabelAveragePrecision(num_labels=num_classes, average="macro")
+        else:
+            self.metric = torchmetrics.classification.MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.history: list[dict[str, float]] = []
+        self.train_seconds = 0.0
+        self._epoch_start = 0.0
+        self._augment: BatchAugment | None = None
+
+    @property
+    def metric_name(self) -> str:
+        return "map" if self.multilabel else "acc"
+
+    def on_train_epoch_start(self) -> None:
+        # A generator per rank and epoch: resumed runs see the same views as uninterrupted ones.
+        self._augment = BatchAugment(self.crop_padding, self.flip,
+                                     seed=self.seed * 100_003 + self.current_epoch * 101 + self.global_rank)
+        self._epoch_start = time.perf_counter()
+
+    def on_train_epoch_end(self) -> None:
+        self.train_seconds += time.perf_counter() - self._epoch_start
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
+        assert self._augment is not None
+        images, view = self._augment(batch["image"])
+        batch = {**batch, "image": images, "view": view}
+        if self.automatic_optimization:
+            out = self.method.training_step(batch)
+            loss = sum(out.losses.values())
+            self._check_finite(loss, out.losses)
+        else:
+            out = self.method.manual_step(batch, self)
+            loss = None
+            self._check_finite(sum(v.detach() for v in out.losses.values()), out.losses)
+        bs = images.shape[0]
+        for name, value in out.losses.items():
+            self.log(f"train/{name}", value.detach(), on_step=True, on_epoch=True, batch_size=bs)
+        if not self.multilabel:
+            acc = (out.logits.detach().argmax(1) == batch["target"]).float().mean()
+            self.log("train/acc", acc, on_step=False, on_epoch=True, batch_size=bs)
+        return loss
+
+    def _check_finite(self, loss: Tensor, parts: dict[str, Tensor]) -> None:
+        if not torch.isfinite(loss):
+            named = ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items())
+            raise SSKTError(
+                f"loss became {float(loss)} at step {self.global_step} (epoch {self.current_epoch}): {named}; "
+                f"lower train.lr, or check the inputs and sources for NaN"
+            )
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        logits = self.method(to_float(batch["image"]))
+        target = batch["target"]
+        if self.multilabel:
+            self.metric.update(logits.float(), target.long())
+            loss = F.binary_cross_entropy_with_logits(logits.float(), target.float())
+        else:
+            self.metric.update(logits.float(), target)
+            loss = F.cross_entropy(logits.float(), target)
+        self.log("test/loss", loss, on_epoch=True, batch_size=logits.shape[0], sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        value = float(self.metric.compute()) * 100.0
+        self.metric.reset()
+        self.log(f"test/{self.metric_name}", value, sync_dist=True)
+        if not self.trainer.sanity_checking:
+            entry = {"epoch": self.current_epoch, f"test_{self.metric_name}": value,
+                     "train_seconds": round(self.train_seconds, 2)}
+            loss = self.trainer.callback_metrics.get("train/target_epoch")
+            if loss is not None:
+                entry["train_target_loss"] = float(loss)
+            self.history = [h for h in self.history if h["epoch"] != self.current_epoch] + [entry]
+
+    def configure_optimizers(self) -> Any:
+        cfg = self.train_cfg
+        custom = getattr(self.method, "configure_optimizers", None)
+        if custom is not None:
+            return custom(cfg)
+        optimizer = torch.optim.SGD(self.method.param_groups(cfg), lr=cfg.lr, momentum=cfg.momentum,
+                                    weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+        return {"optimizer": optimizer, "lr_scheduler": make_scheduler(optimizer, cfg)}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        prefixes = tuple(f"method.{p}" for p in self.method.frozen_prefixes())
+        if prefixes:
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(prefixes)}
+        checkpoint["sskt_config"] = self.config
+        checkpoint["sskt"] = {"history": self.history, "train_seconds": self.train_seconds}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("sskt", {})
+        self.history = list(state.get("history", []))
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Any) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-epoch schedule: multistep (milestones, gamma), cosine to 0 over the run, or constant."""
+    if cfg.schedule == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.milestones), gamma=cfg.gamma)
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)

@@ -1,0 +1,197 @@
+"""fit / evaluate / export: the Python API behind the CLI."""
+from __future__ import annotations
+
+import os
+import platform
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import lightning as L
+import torch
+from lightning.fabric.plugins import TorchCheckpointIO
+from torch.utils.data import DataLoader
+
+from sskt.config import ExperimentConfig
+from sskt.data.datasets import load_data
+from sskt.data.tensor_dataset import ImageSplits, ImageTensorDataset, collate_batch
+from sskt.engine.io import atomic_json_dump, atomic_torch_save
+from sskt.engine.lit import MethodModule
+from sskt.errors import SSKTError
+from sskt.methods import BuildContext, Method, build_method
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints are written to a temporary file and renamed: an interrupted write never
+    leaves a truncated ``last.ckpt`` behind."""
+
+    def save_checkpoint(self, checkpoint: dict, path: Any, storage_options: Any = None) -> None:
+        atomic_torch_save(checkpoint, path)
+
+
+@dataclass
+class RunResult:
+    """What a finished run reports (also written to ``out_dir/result.json``)."""
+
+    out_dir: Path
+    metric: str
+    final: float
+    best: float
+    history: list[dict]
+    record: dict
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.out_dir / "checkpoints" / "last.ckpt"
+
+
+def build_context(cfg: ExperimentConfig, splits: ImageSplits) -> BuildContext:
+    return BuildContext(num_classes=splits.num_classes, input_shape=tuple(splits.train.images.shape[1:]),
+                        multilabel=splits.multilabel, target=cfg.target, seed=cfg.seed, classes=splits.classes,
+                        train_data=splits.train, data=cfg.data)
+
+
+def loaders(cfg: ExperimentConfig, splits: ImageSplits) -> tuple[DataLoader, DataLoader]:
+    workers = cfg.data.num_workers
+    if len(splits.train) < cfg.train.batch_size:
+        raise SSKTError(f"the training split has {len(splits.train)} images, fewer than train.batch_size="
+                        f"{cfg.train.batch_size}; lower the batch size")
+    # drop_last keeps BatchNorm away from a 1-image last batch.
+    train = DataLoader(splits.train, batch_size=cfg.train.batch_size, shuffle=True, drop_last=True,
+                       collate_fn=collate_batch, num_workers=workers, persistent_workers=workers > 0)
+    test = DataLoader(splits.test, batch_size=cfg.train.eval_batch_size, shuffle=False, collate_fn=collate_batch,
+                      num_workers=workers, persistent_workers=workers > 0)
+    return train, test
+
+
+def _versions() -> dict[str, str]:
+    import lightning
+    import torchvision
+
+    import sskt
+
+    return {"sskt": sskt.__version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "lightning": lightning.__version__, "python": platform.python_version()}
+
+
+def make_trainer(cfg: ExperimentConfig, out_dir: Path, callbacks: Sequence[L.Callback] = ()) -> L.Trainer:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    t = cfg.train
+    logs: list[Any] = [CSVLogger(out_dir, name="logs", version="")]
+    if t.tensorboard:
+        logs.append(TensorBoardLogger(out_dir, name="tensorboard", version=""))
+    ckpt = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0, every_n_epochs=1)
+    return L.Trainer(
+        max_epochs=t.epochs, accelerator=t.accelerator, devices=t.devices, strategy=t.strategy,
+        num_nodes=t.num_nodes, precision=t.precision, logger=logs, callbacks=[ckpt, *callbacks],
+        plugins=[AtomicCheckpointIO()], enable_progress_bar=t.progress_bar, log_every_n_steps=t.log_every_n_steps,
+        check_val_every_n_epoch=t.eval_every, num_sanity_val_steps=0, default_root_dir=out_dir,
+        limit_train_batches=t.limit_train_batches, enable_model_summary=False,
+    )
+
+
+def fit(cfg: ExperimentConfig, callbacks: Sequence[L.Callback] = ()) -> RunResult:
+    """Train ``cfg`` to the end, resuming from ``out_dir/checkpoints/last.ckpt`` if it exists.
+
+    Writes logs (CSV, TensorBoard), checkpoints, ``result.json`` (config, seed, versions, wall time,
+    per-epoch test metric) and ``target.pt`` (the target alone) under ``cfg.out_dir``.
+
+    Example:
+        >>> cfg = ExperimentConfig.from_yaml("configs/quick_digits.yaml")  # doctest: +SKIP
+        >>> result = fit(cfg); print(result.final)  # doctest: +SKIP
+    """
+    started = time.perf_counter()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    out_dir = Path(cfg.out_dir)
+    splits = load_data(cfg.data)
+    method = build_method(cfg.method, build_context(cfg, splits))
+    module = MethodModule(method, cfg.train, cfg.data.crop_padding, cfg.data.flip, splits.num_classes,
+                          splits.multilabel, cfg.seed, cfg.to_dict())
+    train_loader, test_loader = loaders(cfg, splits)
+    trainer = make_trainer(cfg, out_dir, callbacks)
+    last = out_dir / "checkpoints" / "last.ckpt"
+    resume = str(last) if cfg.train.resume and last.is_file() else None
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*strict_loading.*")
+        trainer.fit(module, train_loader, test_loader, ckpt_path=resume)
+    if trainer.interrupted:
+        raise SSKTError(f"training was interrupted; run the same command again to resume from {last}")
+    history = module.history
+    key = f"test_{module.metric_name}"
+    if not history:
+        raise SSKTError("training finished without an evaluation; set train.eval_every to divide train.epochs")
+    record = {
+        "name": cfg.name, "seed": cfg.seed, "config": cfg.to_dict(), "versions": _versions(),
+        "metric": module.metric_name, "final": history[-1][key], "best": max(h[key] for h in history),
+        "history": history, "train_seconds": module.train_seconds,
+        "wall_seconds_this_invocation": round(time.perf_counter() - started, 2), "resumed_from": resume,
+        "train_images": len(splits.train), "test_images": len(splits.test), "machine": platform.machine(),
+        **method.extra_results(),
+    }
+    if trainer.is_global_zero:
+        atomic_json_dump(record, out_dir / "result.json")
+        method.target.save(out_dir / "target.pt", classes=splits.classes)
+    return RunResult(out_dir, module.metric_name, record["final"], record["best"], history, record)
+
+
+def load_trained(checkpoint: str | os.PathLike, overrides: Sequence[str] = ()) -> tuple[ExperimentConfig, Method]:
+    """The config and method of a training checkpoint (``last.ckpt``), weights loaded."""
+    from sskt.sources.loading import read_checkpoint
+
+    ckpt = read_checkpoint(checkpoint, trust_pickle=False)
+    if not isinstance(ckpt, dict) or "sskt_config" not in ckpt:
+        raise SSKTError(f"{checkpoint} is not an sskt training checkpoint (no sskt_config); "
+                        f"for an exported target.pt use it as a source or with sskt.load_target")
+    cfg = ExperimentConfig.from_dict(ckpt["sskt_config"]).with_overrides(overrides)
+    splits = load_data(cfg.data)
+    method = build_method(cfg.method, build_context(cfg, splits))
+    state = {k[len("method."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("method.")}
+    missing, unexpected = method.load_state_dict(state, strict=False)
+    frozen = tuple(method.frozen_prefixes())
+    missing = [k for k in missing if not k.startswith(frozen)]
+    if missing or unexpected:
+        raise SSKTError(f"{checkpoint} does not fit its config: missing {missing[:4]}, unexpected {unexpected[:4]}")
+    return cfg, method
+
+
+@torch.no_grad()
+def evaluate_model(model: torch.nn.Module, data: ImageTensorDataset, multilabel: bool = False,
+                   batch_size: int = 512) -> float:
+    """Top-1 accuracy (%) or macro mAP (%) of ``model`` (images in [0, 1] -> logits) on ``data``."""
+    import torchmetrics
+
+    from sskt.data.augment import to_float
+
+    model.eval()
+    n = data.targets.shape[1] if multilabel else int(data.targets.max()) + 1
+    metric = (torchmetrics.classification.MultilabelAveragePrecision(num_labels=n, average="macro") if multilabel
+              else None)
+    correct = 0
+    for start in range(0, len(data), batch_size):
+        batch = data.__getitems__(range(start, min(start + batch_size, len(data))))
+        logits = model(to_float(batch["image"])).float()
+        if metric is not None:
+            metric.update(logits, batch["target"].long())
+        else:
+            correct += int((logits.argmax(1) == batch["target"]).sum())
+    return float(metric.compute()) * 100 if metric is not None else 100.0 * correct / len(data)
+
+
+def evaluate(checkpoint: str | os.PathLike, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Score a training checkpoint's main head on its config's test split (overridable)."""
+    cfg, method = load_trained(checkpoint, overrides)
+    splits = load_data(cfg.data)
+    value = evaluate_model(method, splits.test, splits.multilabel, cfg.train.eval_batch_size)
+    return {"checkpoint": str(checkpoint), "metric": "map" if splits.multilabel else "acc", "value": value,
+            "test_images": len(splits.test)}
+
+
+def export(checkpoint: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Write the target alone (main head, no auxiliary heads, no sources) as an sskt model file."""
+    cfg, method = load_trained(checkpoint)
+    return method.target.save(path)

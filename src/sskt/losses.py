@@ -1,0 +1,99 @@
+"""Loss functions: pure functions of tensors, registered by name.
+
+Target losses take ``(logits, target)``; auxiliary (soft-label) losses take
+``(student_logits, teacher_logits, temperature)``. All return a scalar averaged over the batch.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from sskt.registry import Registry
+
+TargetLoss = Callable[..., Tensor]
+SoftLoss = Callable[[Tensor, Tensor, float], Tensor]
+
+TARGET_LOSSES: Registry[TargetLoss] = Registry("target loss")
+SOFT_LOSSES: Registry[SoftLoss] = Registry("auxiliary loss")
+
+
+@TARGET_LOSSES.register("ce")
+def cross_entropy(logits: Tensor, target: Tensor, **_: float) -> Tensor:
+    """Cross-entropy for single-label targets (class indices or a soft distribution)."""
+    return F.cross_entropy(logits, target)
+
+
+@TARGET_LOSSES.register("focal")
+def focal_loss(logits: Tensor, target: Tensor, gamma: float = 2.0, **_: float) -> Tensor:
+    """Focal loss (Lin et al. 2017) for single-label targets: mean of -(1 - p_y)^gamma log p_y.
+
+    Example:
+        >>> logits = torch.tensor([[2.0, 0.0]]); y = torch.tensor([0])
+        >>> p = torch.softmax(logits, 1)[0, 0]
+        >>> torch.allclose(focal_loss(logits, y, gamma=2.0), -(1 - p) ** 2 * p.log())
+        True
+    """
+    log_p = F.log_softmax(logits, dim=1).gather(1, target.long().unsqueeze(1)).squeeze(1)
+    return (-((1 - log_p.exp()) ** gamma) * log_p).mean()
+
+
+@TARGET_LOSSES.register("bce")
+def bce_with_logits(logits: Tensor, target: Tensor, **_: float) -> Tensor:
+    """Binary cross-entropy on logits for multi-label (multi-hot) targets, mean over batch x classes."""
+    return F.binary_cross_entropy_with_logits(logits, target.float())
+
+
+@TARGET_LOSSES.register("focal-bce")
+def focal_bce(logits: Tensor, target: Tensor, gamma: float = 2.0, **_: float) -> Tensor:
+    """Sigmoid focal loss for multi-label targets, mean over batch x classes."""
+    target = target.float()
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    p_t = torch.exp(-bce)
+    return ((1 - p_t) ** gamma * bce).mean()
+
+
+def soft_targets(teacher_logits: Tensor, temperature: float) -> Tensor:
+    """softmax(teacher / T), in float32 whatever the teacher's precision."""
+    return F.softmax(teacher_logits.float() / temperature, dim=1)
+
+
+@SOFT_LOSSES.register("kd")
+def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """T^2 * KL(softmax(teacher/T) || softmax(student/T)), summed over classes, mean over the batch.
+
+    Zero when the student's logits equal the teacher's. This is the formula of Hinton et al. 2015
+    and of the SSKT paper; see :func:`kd_legacy_loss` for the reference code's scaled-down form.
+
+    Example:
+        >>> z = torch.randn(4, 10)
+        >>> float(kd_loss(z, z, 3.0))
+        0.0
+    """
+    log_p_student = F.log_softmax(student_logits.float() / temperature, dim=1)
+    p_teacher = soft_targets(teacher_logits, temperature)
+    return F.kl_div(log_p_student, p_teacher, reduction="batchmean") * temperature**2
+
+
+@SOFT_LOSSES.register("kd-legacy")
+def kd_legacy_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """The SSKT reference code's "kd": KLDivLoss with element-wise mean, i.e. :func:`kd_loss` / K.
+
+    PyTorch's default ``reduction='mean'`` divides by batch x classes, so with an ImageNet source
+    (K = 1000) the auxiliary signal is 1000x weaker than the formula says. Use only to reproduce
+    the reference numbers.
+    """
+    return kd_loss(student_logits, teacher_logits, temperature) / student_logits.shape[1]
+
+
+@SOFT_LOSSES.register("soft-ce")
+def soft_cross_entropy(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """T^2 * mean over batch of -sum_k softmax(teacher/T)_k log_softmax(student/T)_k.
+
+    Equals :func:`kd_loss` plus T^2 times the teacher's entropy (which carries no gradient).
+    """
+    log_p_student = F.log_softmax(student_logits.float() / temperature, dim=1)
+    p_teacher = soft_targets(teacher_logits, temperature)
+    return -(p_teacher * log_p_student).sum(dim=1).mean() * temperature**2

@@ -1,0 +1,167 @@
+"""The contract every training method follows, and the registry of methods."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Sequence, TypeVar
+
+from torch import Tensor, nn
+
+from sskt.errors import SSKTError
+from sskt.models.target import NormalizedClassifier, TargetNetwork
+from sskt.registry import Registry
+
+
+@dataclass
+class TargetConfig:
+    """The target network: an architecture name, optionally initial weights and stage names."""
+
+    arch: str = "cifar_resnet20"
+    checkpoint: str | None = None  # initial weights (fine-tuning); the classifier is replaced if it differs
+    stages: list[str] | None = None  # modules tapped by transfer heads; default: the architecture's stages
+    mean: list[float] | None = None
+    std: list[float] | None = None
+
+
+@dataclass
+class BuildContext:
+    """What a method needs to know about the task to build itself."""
+
+    num_classes: int
+    input_shape: tuple[int, ...]  # one example without the batch axis: (C,H,W) or (C,T,H,W)
+    multilabel: bool
+    target: TargetConfig
+    seed: int = 0
+    classes: list[str] = field(default_factory=list)
+    train_data: Any = None  # the training ImageTensorDataset (for methods that precompute over it)
+    data: Any = None  # the DataConfig
+
+    @property
+    def in_chans(self) -> int:
+        return self.input_shape[0]
+
+    def build_target(self, arch: str | None = None, num_classes: int | None = None) -> TargetNetwork:
+        """A fresh target network (or a peer of another architecture) for this task."""
+        t = self.target
+        net = TargetNetwork(arch or t.arch, num_classes or self.num_classes, self.in_chans, t.mean, t.std,
+                            t.stages if arch is None else None)
+        if t.checkpoint and arch is None:
+            from sskt.sources.loading import extract_state_dict, load_weights, read_checkpoint
+
+            state = extract_state_dict(read_checkpoint(t.checkpoint))
+            own = net.model.state_dict()
+            head = net.classifier_name
+            if state.get(f"{head}.weight") is not None and state[f"{head}.weight"].shape != own[f"{head}.weight"].shape:
+                # Different label space: keep the backbone, start a new classifier.
+                state = {k: v for k, v in state.items() if not k.startswith(f"{head}.")}
+                state.update({k: v for k, v in own.items() if k.startswith(f"{head}.")})
+            load_weights(net.model, state, t.checkpoint)
+        return net
+
+
+@dataclass
+class StepOutput:
+    """A training step's main-head logits and its named losses (the total is their sum)."""
+
+    logits: Tensor
+    losses: dict[str, Tensor]
+
+
+OptionsT = TypeVar("OptionsT")
+
+
+def parse_options(cls: type[OptionsT], raw: dict, method: str) -> OptionsT:
+    """Build a method's options dataclass, naming unknown keys."""
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise SSKTError(f"method {method!r}: unknown option(s) {unknown}; known: {sorted(known)}")
+    try:
+        return cls(**raw)
+    except TypeError as err:
+        raise SSKTError(f"method {method!r}: {err}") from None
+
+
+class Method(nn.Module):
+    """A training method: a target network plus whatever the method adds (heads, frozen sources, peers).
+
+    Subclasses implement :meth:`training_step` and :meth:`from_config`; frozen modules listed by
+    :meth:`frozen_modules` stay out of the optimiser and the checkpoints and never leave eval mode
+    (a :class:`~sskt.sources.Source` decides for itself, for its legacy BatchNorm mode).
+    """
+
+    name: ClassVar[str] = ""
+    automatic_optimization: ClassVar[bool] = True
+
+    def __init__(self, target: TargetNetwork) -> None:
+        super().__init__()
+        self.target = target
+
+    @classmethod
+    def from_config(cls, options: dict, ctx: BuildContext) -> "Method":
+        raise NotImplementedError(f"{cls.__name__} must implement from_config")
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Main-head logits for a float batch in [0, 1]; what evaluation scores."""
+        return self.target(images)
+
+    def training_step(self, batch: dict[str, Tensor]) -> StepOutput:
+        raise NotImplementedError(f"{type(self).__name__} must implement training_step")
+
+    def manual_step(self, batch: dict[str, Tensor], module: Any) -> StepOutput:
+        """For methods with ``automatic_optimization = False``: do the updates, return what to log."""
+        raise NotImplementedError(f"{type(self).__name__} must implement manual_step")
+
+    def frozen_modules(self) -> Sequence[nn.Module]:
+        return []
+
+    def train(self, mode: bool = True) -> "Method":
+        super().train(mode)
+        from sskt.sources.source import Source
+
+        for m in self.frozen_modules():
+            m.train(mode) if isinstance(m, Source) else m.train(False)
+        return self
+
+    def frozen_prefixes(self) -> list[str]:
+        """state_dict prefixes of frozen modules (left out of training checkpoints)."""
+        frozen = {id(m) for m in self.frozen_modules()}
+        return [f"{n}." for n, m in self.named_modules() if id(m) in frozen]
+
+    def param_groups(self, train_cfg: Any) -> list[dict]:
+        """Optimiser parameter groups; by default every trainable parameter at the base learning rate."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
+    def export(self) -> NormalizedClassifier:
+        return self.target.export()
+
+    def extra_results(self) -> dict[str, Any]:
+        """Method-specific numbers recorded next to the result (e.g. a teacher's accuracy)."""
+        return {}
+
+
+METHODS: Registry[type[Method]] = Registry("method")
+
+
+def build_method(spec: dict, ctx: BuildContext) -> Method:
+    """Build a method from ``{"name": ..., **options}``."""
+    spec = dict(spec)
+    name = spec.pop("name", None)
+    if not name:
+        raise SSKTError("method.name is required (one of: " + ", ".join(METHODS.names()) + ")")
+    return METHODS.get(name).from_config(spec, ctx)
+
+
+def target_loss_fn(name: str, multilabel: bool, gamma: float = 2.0):
+    """The target loss by name; ``auto`` is cross-entropy, or BCE-with-logits for multi-label tasks."""
+    from functools import partial
+
+    from sskt.losses import TARGET_LOSSES
+
+    if name == "auto":
+        name = "bce" if multilabel else "ce"
+    if multilabel and name in ("ce", "focal"):
+        raise SSKTError(f"target_loss {name!r} is for single-label tasks; use 'bce' or 'focal-bce' for multi-label")
+    if not multilabel and name in ("bce", "focal-bce"):
+        raise SSKTError(f"target_loss {name!r} is for multi-label tasks; use 'ce' or 'focal'")
+    return partial(TARGET_LOSSES.get(name), gamma=gamma)

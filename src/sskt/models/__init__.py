@@ -1,0 +1,8 @@
+"""Targets, heads and feature taps."""
+from sskt.models.factory import MODELS, ModelSpec, create_model, model_spec
+from sskt.models.heads import LinearHead, TransferModule
+from sskt.models.taps import FeatureTaps
+from sskt.models.target import Features, NormalizedClassifier, TargetNetwork
+
+__all__ = ["MODELS", "ModelSpec", "create_model", "model_spec", "LinearHead", "TransferModule", "FeatureTaps",
+           "Features", "NormalizedClassifier", "TargetNetwork"]

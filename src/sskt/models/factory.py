@@ -1,0 +1,117 @@
+"""Model registry: every network (target or source) is built by name.
+
+Built in: CIFAR ResNet-20/32/44/56/110 (``cifar_resnet20`` ...), torchvision ``resnet18/34/50``,
+``vgg16_bn``, and any timm model as ``timm:<name>``. Each entry knows its stages (for feature taps),
+its natural input size and normalisation, so a source or a transfer head needs no extra settings.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from torch import nn
+
+from sskt.errors import SSKTError
+from sskt.models.cifar_resnet import DEPTHS, CifarResNet
+from sskt.registry import Registry
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to build one architecture and what is known about it."""
+
+    build: Callable[[int, int], nn.Module]  # (num_classes, in_chans) -> module
+    stages: tuple[str, ...]  # modules whose outputs are the network's stages, shallow to deep
+    input_size: int | None = None  # natural input side in pixels (None: unknown)
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    extra: dict = field(default_factory=dict)
+
+
+MODELS: Registry[ModelSpec] = Registry("architecture")
+
+for _depth in DEPTHS:
+    MODELS.register(f"cifar_resnet{_depth}")(
+        ModelSpec(
+            build=lambda nc, ic, d=_depth: CifarResNet(d, nc, ic),
+            stages=("layer1", "layer2", "layer3"),
+            input_size=32,
+        )
+    )
+
+
+def _torchvision(name: str) -> Callable[[int, int], nn.Module]:
+    def build(num_classes: int, in_chans: int) -> nn.Module:
+        import torchvision
+
+        model = getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
+        if in_chans != 3:
+            raise SSKTError(f"{name} takes 3-channel images; set data.grayscale_to_rgb: true")
+        return model
+
+    return build
+
+
+for _name in ("resnet18", "resnet34", "resnet50", "resnet101"):
+    MODELS.register(_name)(
+        ModelSpec(build=_torchvision(_name), stages=("layer1", "layer2", "layer3", "layer4"), input_size=224)
+    )
+# VGG-16-BN: the last four max-pool outputs play the role of ResNet stages.
+MODELS.register("vgg16_bn")(
+    ModelSpec(build=_torchvision("vgg16_bn"), stages=("features.13", "features.23", "features.33", "features.43"),
+              input_size=224)
+)
+
+
+def _timm_spec(name: str) -> ModelSpec:
+    try:
+        import timm
+    except ImportError as err:  # pragma: no cover - timm is a dependency
+        raise SSKTError("timm is not installed; pip install timm") from err
+    if name not in timm.list_models():
+        raise SSKTError(f"timm has no model {name!r}; see timm.list_models()")
+
+    def build(num_classes: int, in_chans: int) -> nn.Module:
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans)
+
+    probe = timm.create_model(name, pretrained=False)
+    cfg = getattr(probe, "pretrained_cfg", {}) or {}
+    info = getattr(probe, "feature_info", None) or []
+    stages = tuple(f["module"] for f in info) if info else ()
+    size = cfg.get("input_size", (3, 224, 224))[-1]
+    return ModelSpec(build=build, stages=stages, input_size=size, mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
+                     std=tuple(cfg.get("std", IMAGENET_STD)))
+
+
+def model_spec(name: str) -> ModelSpec:
+    """The :class:`ModelSpec` of a registered name or of ``timm:<name>``."""
+    if name.startswith("timm:"):
+        return _timm_spec(name[len("timm:"):])
+    return MODELS.get(name)
+
+
+def create_model(name: str, num_classes: int, in_chans: int = 3) -> nn.Module:
+    """Build an architecture by name with a fresh classifier of ``num_classes`` outputs.
+
+    Example:
+        >>> net = create_model("cifar_resnet20", num_classes=10)
+        >>> sum(p.numel() for p in net.parameters())
+        272474
+    """
+    if num_classes < 1:
+        raise SSKTError(f"num_classes must be >= 1, got {num_classes}")
+    return model_spec(name).build(num_classes, in_chans)
+
+
+def classifier_name(model: nn.Module) -> str:
+    """Name of the final classifier layer: the last ``nn.Linear`` registered in the model."""
+    name = ""
+    for n, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            name = n
+    if not name:
+        raise SSKTError(f"{type(model).__name__} has no nn.Linear classifier; its final layer can't be found")
+    return name

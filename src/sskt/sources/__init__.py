@@ -1,0 +1,6 @@
+"""Frozen source networks: loading, input adaptation, batched inference."""
+from sskt.sources.bank import SourceBank
+from sskt.sources.loading import LoadedNetwork, load_network
+from sskt.sources.source import SOURCES, Source, SourceConfig, build_source
+
+__all__ = ["SourceBank", "LoadedNetwork", "load_network", "SOURCES", "Source", "SourceConfig", "build_source"]

@@ -1,0 +1,156 @@
+"""Loading pretrained networks from local files, whatever shape the checkpoint comes in."""
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from sskt.errors import SSKTError
+from sskt.models.factory import classifier_name, create_model, model_spec
+from sskt.models.target import EXPORT_FORMAT
+
+# An sskt training checkpoint keeps the target's weights under this prefix (beside heads and optimiser).
+_TARGET_PREFIX = "method.target.model."
+
+
+@dataclass
+class LoadedNetwork:
+    """A network with what is known about its inputs (None where the checkpoint doesn't say)."""
+
+    module: nn.Module
+    arch: str | None
+    num_classes: int
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+    input_size: int | None
+    classes: list[str] | None = None
+
+
+def read_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> Any:
+    """``torch.load`` on the CPU with ``weights_only=True`` unless the user trusts the file.
+
+    A whole pickled module needs ``trust_pickle`` because unpickling can run arbitrary code.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SSKTError(f"checkpoint not found: {path}; check the path")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+    except pickle.UnpicklingError as err:
+        if "weights_only" in str(err) or "Weights only" in str(err):
+            raise SSKTError(
+                f"{path} holds pickled Python objects (e.g. a whole model), which can run code when loaded; "
+                f"if you trust it, set trust_pickle: true for this source"
+            ) from None
+        raise SSKTError(f"{path} is not a readable PyTorch checkpoint ({err}); re-save it") from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise SSKTError(f"{path} is not a readable PyTorch checkpoint ({str(err).splitlines()[0]}); re-save it") from None
+
+
+def extract_state_dict(obj: Any) -> dict[str, Tensor]:
+    """The tensor dict inside a checkpoint: under ``state_dict``/``model``/``net`` or at the top,
+    with wrapper prefixes such as ``module.`` removed."""
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model_state_dict", "model", "net"):
+            if key in obj and isinstance(obj[key], Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise SSKTError("checkpoint holds no state_dict of tensors; save model.state_dict() or pass a whole module")
+    state = dict(obj)
+    if any(k.startswith(_TARGET_PREFIX) for k in state):
+        state = {k[len(_TARGET_PREFIX):]: v for k, v in state.items() if k.startswith(_TARGET_PREFIX)}
+    # DataParallel / DDP save every key with "module." in front.
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_weights(model: nn.Module, state: Mapping[str, Tensor], what: str) -> None:
+    """``load_state_dict`` that names missing, unexpected and mis-shaped keys in one line."""
+    own = model.state_dict()
+    # Checkpoints from PyTorch < 0.4.1 have no BatchNorm step counters; they don't affect outputs.
+    state = {**{k: v for k, v in own.items() if k.endswith("num_batches_tracked")}, **state}
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        def few(keys: list[str]) -> str:
+            return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
+
+        parts = [f"missing keys: {few(missing)}" if missing else "",
+                 f"unexpected keys: {few(unexpected)}" if unexpected else "",
+                 f"shape mismatch: {few(shapes)}" if shapes else ""]
+        raise SSKTError(f"{what} does not fit the architecture: " + "; ".join(p for p in parts if p)
+                        + "; check the arch name or the checkpoint")
+    model.load_state_dict(state)
+
+
+def load_network(
+    arch: str | None,
+    checkpoint: str | os.PathLike | None,
+    num_classes: int | None = None,
+    in_chans: int = 3,
+    trust_pickle: bool = False,
+) -> LoadedNetwork:
+    """Build ``arch`` and load ``checkpoint`` into it.
+
+    The checkpoint may be a state_dict (with or without a ``module.`` prefix, at the top or under
+    ``state_dict``), an sskt model file (``sskt export`` / ``sskt pretrain``; ``arch`` may then be
+    omitted), or a whole pickled module (only with ``trust_pickle``). The number of classes is read
+    from the checkpoint's classifier when not given.
+
+    Example:
+        >>> net = load_network("cifar_resnet32", "../shared/weights/cifar10-resnets/resnet32-d509ac18.th")  # doctest: +SKIP
+        >>> net.num_classes, net.input_size
+        (10, 32)
+    """
+    if checkpoint is None:
+        if arch is None or num_classes is None:
+            raise SSKTError("a source needs a checkpoint, or an arch and num_classes for random weights")
+        spec = model_spec(arch)
+        return LoadedNetwork(create_model(arch, num_classes, in_chans), arch, num_classes, spec.mean, spec.std,
+                             spec.input_size)
+    obj = read_checkpoint(checkpoint, trust_pickle)
+    if isinstance(obj, nn.Module):
+        n = num_classes or getattr(_last_linear(obj), "out_features", None)
+        return LoadedNetwork(obj, arch, int(n), None, None, None)
+    if isinstance(obj, Mapping) and obj.get("format") == EXPORT_FORMAT:
+        if arch is not None and arch != obj["arch"]:
+            raise SSKTError(f"{checkpoint} holds a {obj['arch']} but arch is {arch!r}; drop arch or fix it")
+        arch = obj["arch"]
+        module = create_model(arch, obj["num_classes"], obj["in_chans"])
+        load_weights(module, obj["state_dict"], str(checkpoint))
+        return LoadedNetwork(module, arch, obj["num_classes"], tuple(obj["mean"]), tuple(obj["std"]),
+                             obj.get("input_size") or model_spec(arch).input_size, obj.get("classes"))
+    if arch is None:
+        raise SSKTError(f"{checkpoint} is a plain state_dict: name its architecture with arch")
+    state = extract_state_dict(obj)
+    spec = model_spec(arch)
+    if num_classes is None:
+        head = classifier_name(create_model(arch, 2, in_chans))
+        if f"{head}.weight" not in state:
+            raise SSKTError(f"{checkpoint} has no {head}.weight for a {arch}; set num_classes or check arch")
+        num_classes = int(state[f"{head}.weight"].shape[0])
+    module = create_model(arch, num_classes, in_chans)
+    load_weights(module, state, str(checkpoint))
+    return LoadedNetwork(module, arch, num_classes, spec.mean, spec.std, spec.input_size)
+
+
+def _last_linear(module: nn.Module) -> nn.Module | None:
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None
+
+
+def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file (used in cache keys and run records)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
