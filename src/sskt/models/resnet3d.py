@@ -69,7 +69,7 @@ class ResNet3d(nn.Module):
 
     Example:
         >>> import torch
-        >>> net = ResNet3d((2, 2, 2, 2), num_classes=101, shortcut="A")
+        >>> net = ResNet3d((2, 2, 2, 2), num_classes=101, shortcut="A").eval()
         >>> net(torch.zeros(1, 3, 8, 32, 32)).shape
         torch.Size([1, 101])
     """
