@@ -1,1 +1,2 @@
 """Commands contributed by sub-packages: importing this module registers them with the CLI."""
+from sskt.commands import cache  # noqa: F401,E402  (sskt cache: soft-label cache of an SSKT experiment)

@@ -61,6 +61,9 @@ class BatchAugment:
         flips = torch.randint(0, 2, (n, 1), generator=self.generator) if self.flip else torch.zeros(n, 1, dtype=torch.long)
         return torch.cat([offsets, flips], dim=1)
 
-    def __call__(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        view = self.sample_views(images.shape[0])
+    def __call__(self, images: Tensor, view: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Augment ``images``; with ``view`` given (e.g. the stored views of an exact soft-label cache),
+        replay those views instead of drawing new ones."""
+        if view is None:
+            view = self.sample_views(images.shape[0])
         return to_float(apply_view(images, view, self.padding)), view.to(images.device)

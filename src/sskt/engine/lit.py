@@ -58,7 +58,10 @@ class MethodModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
         assert self._augment is not None
-        images, view = self._augment(batch["image"])
+        # A method may fix the views itself (SSKT with an exact soft-label cache: the stored views).
+        views_hook = getattr(self.method, "training_views", None)
+        fixed = views_hook(batch, self.current_epoch) if views_hook is not None else None
+        images, view = self._augment(batch["image"], fixed)
         batch = {**batch, "image": images, "view": view}
         if self.automatic_optimization:
             out = self.method.training_step(batch)

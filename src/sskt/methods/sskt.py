@@ -34,7 +34,11 @@ class SSKTOptions:
     ImageNet ResNets costs ~13M parameters per source on a ResNet-50, more than the target itself).
     ``aux_loss``: ``kd`` (true batch-mean KL), ``soft-ce``, or ``kd-legacy`` (the reference's KL / K).
     ``temperature``/``alpha``: defaults for every source (each source may override them).
-    ``source_precision``: ``fp32``, ``bf16`` or ``auto`` (bf16 where the hardware is fast at it).
+    ``source_precision``: ``fp32``, ``bf16`` or ``auto`` (default: bf16 + channels_last where the hardware
+    is fast at it; 3.6x faster for a ResNet-50 at 74 px on an AVX-512-bf16 CPU, soft labels within
+    KL 1e-3 of fp32 at T = 3, see docs/speed.md).
+    ``cache``: None (live sources) or a soft-label cache, e.g. ``{mode: exact, views: 8, topk: 10}``
+    (:class:`~sskt.sources.cache.CacheSpec`); built before training, then no source runs while training.
     """
 
     sources: list[dict] = field(default_factory=list)
@@ -45,7 +49,8 @@ class SSKTOptions:
     focal_gamma: float = 2.0
     temperature: float = 3.0
     alpha: float = 0.1
-    source_precision: str = "fp32"
+    source_precision: str = "auto"
+    cache: dict | None = None
 
     def __post_init__(self) -> None:
         if not self.sources:
@@ -57,6 +62,9 @@ class SSKTOptions:
         if self.alpha < 0:
             raise SSKTError(f"alpha must be >= 0, got {self.alpha}")
         SOFT_LOSSES.get(self.aux_loss)
+        from sskt.sources.cache import cache_spec
+
+        cache_spec(self.cache)  # bad cache options fail here, before any source is loaded
 
 
 def make_head(kind: str, target: TargetNetwork, example: Tensor, num_classes: int, width: int | None) -> nn.Module:
@@ -98,6 +106,8 @@ class SSKT(Method):
         self.heads = nn.ModuleDict(
             {s.name: make_head(options.head, target, example, s.num_classes, options.transfer_width) for s in sources}
         )
+        self.cache = None  # a SoftLabelCache once attach_cache() is called: then sources never run in training
+        self.view_seed = 0
 
     @classmethod
     def from_config(cls, options: dict, ctx: BuildContext) -> "SSKT":
@@ -106,7 +116,31 @@ class SSKT(Method):
         sources = [build_source(c, ctx.in_chans) for c in cfgs]
         per_source = [(c.temperature or opts.temperature, opts.alpha if c.alpha is None else c.alpha) for c in cfgs]
         example = torch.rand(2, *ctx.input_shape)
-        return cls(ctx.build_target(), sources, opts, example, ctx.multilabel, per_source)
+        method = cls(ctx.build_target(), sources, opts, example, ctx.multilabel, per_source)
+        if opts.cache is not None:
+            if ctx.train_data is None:
+                raise SSKTError("method.cache needs the training data to build the soft-label cache")
+            padding = ctx.data.crop_padding if ctx.data is not None else 4
+            flip = ctx.data.flip if ctx.data is not None else True
+            method.attach_cache(opts.cache, ctx.train_data.images, ctx.train_data.targets, padding, flip, ctx.seed)
+        return method
+
+    def attach_cache(self, spec: "dict | object", images: Tensor, targets: Tensor, padding: int, flip: bool,
+                     seed: int = 0, **build_options) -> None:
+        """Open (building or resuming if needed) the soft-label cache of these training images."""
+        from sskt.sources.cache import SoftLabelCache, cache_spec
+
+        temperatures = {s.name: t for s, (t, _) in zip(self.bank.sources, self.weights)}
+        self.cache = SoftLabelCache.open_or_build(self.bank, images, targets, cache_spec(spec), temperatures,
+                                                  padding, flip, **build_options)
+        self.view_seed = seed
+
+    def training_views(self, batch: dict[str, Tensor], epoch: int) -> Tensor | None:
+        """Views the target must be shown (the engine replays them): an exact cache's stored views, one
+        per image per epoch; None (random views) otherwise."""
+        if self.cache is None or self.cache.mode != "exact":
+            return None
+        return self.cache.training_views(batch["index"], epoch, self.view_seed)
 
     @property
     def sources(self) -> list[Source]:
@@ -116,7 +150,10 @@ class SSKT(Method):
         return [self.bank]
 
     def soft_labels(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Every source's logits on this batch's view."""
+        """Every source's logits on this batch's view: read from the cache if there is one (by image index
+        and view), else computed by the live sources."""
+        if self.cache is not None:
+            return self.cache.lookup(batch["index"], batch.get("view"), device=batch["image"].device)
         return self.bank(batch["image"])
 
     def training_step(self, batch: dict[str, Tensor]) -> StepOutput:
