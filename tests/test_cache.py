@@ -1,0 +1,183 @@
+"""Soft-label cache: keys, agreement with live sources, resumable builds, damage detection, SSKT integration."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import pytest
+
+from sskt.data.augment import BatchAugment, apply_view, to_float
+from sskt.errors import SSKTError
+from sskt.methods.base import BuildContext, TargetConfig
+from sskt.methods.sskt import SSKT
+from sskt.models.factory import create_model
+from sskt.sources.bank import SourceBank
+from sskt.sources.cache import (CacheSpec, SoftLabelCache, cache_key, cache_spec, compress_logits,
+                                expand_logits, source_fingerprint, topk_kl)
+from sskt.sources.source import Source
+from sskt.data.tensor_dataset import ImageTensorDataset
+
+T = 3.0
+
+
+def _source(name: str = "a", classes: int = 10, size: int = 16, seed: int = 0, mean=(0.5, 0.5, 0.5)) -> Source:
+    torch.manual_seed(seed)
+    net = create_model("cifar_resnet20", classes)
+    with torch.no_grad():  # random nets give huge logits; scale the classifier to realistic ones
+        net.linear.weight.mul_(0.02)
+    return Source(name, net, classes, input_size=size, mean=mean, std=(0.25, 0.25, 0.25))
+
+
+def _data(n: int = 24, side: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(0, 256, (n, 3, side, side), generator=g, dtype=torch.uint8), torch.arange(n) % 10
+
+
+def _open(bank, images, targets, tmp_path, log=None, **kw):
+    spec = CacheSpec(dir=str(tmp_path), views=4, topk=kw.pop("topk", 10), chunk=8, batch_size=32,
+                     mode=kw.pop("mode", "exact"))
+    temps = {s.name: T for s in bank.sources}
+    return SoftLabelCache.open_or_build(bank, images, targets, spec, temps, padding=2, flip=True,
+                                        progress=False, log=log or (lambda m: None), **kw)
+
+
+def _key(src: Source, spec: CacheSpec = CacheSpec()) -> str:
+    return cache_key("d", source_fingerprint(src, "fp32"), spec, T, 4, True)[0]
+
+
+def test_key_changes_with_weights_input_size_normalisation_and_settings():
+    base = _key(_source())
+    assert base == _key(_source())  # deterministic
+    assert base != _key(_source(seed=1))  # weights
+    assert base != _key(_source(size=24))  # input size
+    assert base != _key(_source(mean=(0.4, 0.5, 0.5)))  # normalisation
+    assert base != _key(_source(), CacheSpec(seed=1))  # view seed
+    assert base != _key(_source(), CacheSpec(topk=5))
+    assert base != cache_key("other-dataset", source_fingerprint(_source(), "fp32"), CacheSpec(), T, 4, True)[0]
+    assert base != cache_key("d", source_fingerprint(_source(), "bf16"), CacheSpec(), T, 4, True)[0]
+
+
+def test_bad_options_and_uncacheable_sources_fail_in_one_line():
+    with pytest.raises(SSKTError, match="unknown cache option"):
+        cache_spec({"mode": "exact", "k": 3})
+    with pytest.raises(SSKTError, match="cache.mode"):
+        cache_spec({"mode": "fuzzy"})
+    src = _source()
+    src.bn_mode = "train"
+    with pytest.raises(SSKTError, match="can't be cached"):
+        source_fingerprint(src, "fp32")
+
+
+def test_cached_soft_labels_equal_live_sources_on_the_rebuilt_view(tmp_path):
+    bank = SourceBank([_source("a", 10, 16), _source("b", 100, 12, seed=2)], "fp32")
+    images, targets = _data()
+    cache = _open(bank, images, targets, tmp_path)
+    index = torch.tensor([0, 5, 23, 9, 5])
+    view = cache.training_views(index, epoch=3)
+    cached = cache.lookup(index, view)
+    live = bank(to_float(apply_view(images[index], view, 2)))
+    # a: all 10 classes kept -> equal up to fp16 storage; b: top-10 of 100 -> exact top-10 and tail mass.
+    assert torch.allclose(cached["a"], live["a"], atol=1e-2, rtol=1e-3)
+    kl = F.kl_div(F.log_softmax(cached["a"] / T, 1), F.log_softmax(live["a"] / T, 1), log_target=True,
+                  reduction="batchmean")
+    assert float(kl) < 1e-4, float(kl)
+    # b: the top-10 probabilities and the tail's total mass are kept; only the tail's shape is flattened.
+    p, q = F.softmax(live["b"] / T, 1), F.softmax(cached["b"] / T, 1)
+    top = live["b"].topk(10, 1).indices
+    assert torch.allclose(p.gather(1, top), q.gather(1, top), atol=2e-3)
+    assert torch.allclose(1 - p.gather(1, top).sum(1), 1 - q.gather(1, top).sum(1), atol=2e-3)
+    # A view that was never stored is refused rather than served a wrong label.
+    with pytest.raises(SSKTError, match="not among the cached"):
+        cache.lookup(index[:1], torch.tensor([[9, 9, 1]]))
+
+
+def test_views_are_distinct_per_image_and_drawn_per_epoch(tmp_path):
+    bank = SourceBank([_source()], "fp32")
+    images, targets = _data()
+    cache = _open(bank, images, targets, tmp_path)
+    assert all(len({tuple(v) for v in cache.views[i].tolist()}) == 4 for i in range(len(images)))
+    idx = torch.arange(len(images))
+    assert not torch.equal(cache.training_views(idx, 0), cache.training_views(idx, 1))
+    assert torch.equal(cache.training_views(idx, 1), cache.training_views(idx, 1))
+
+
+def test_interrupted_build_resumes(tmp_path):
+    bank = SourceBank([_source()], "fp32")
+    images, targets = _data()  # 24 images, chunks of 8 -> 3 chunks
+
+    def stop(chunk: int) -> None:
+        if chunk == 0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _open(bank, images, targets, tmp_path, on_chunk=stop)
+    messages: list[str] = []
+    cache = _open(bank, images, targets, tmp_path, log=messages.append)
+    assert any("resuming" in m and "1/3 chunks" in m for m in messages), messages
+    assert cache.built_views == 16 * 4  # only the two missing chunks
+    again = _open(bank, images, targets, tmp_path)
+    assert again.built_views == 0
+    idx = torch.arange(24)
+    v = cache.training_views(idx, 0)
+    assert torch.allclose(again.lookup(idx, v)["a"], bank(to_float(apply_view(images, v, 2)))["a"], atol=1e-2)
+
+
+@pytest.mark.parametrize("damage", ["flip-record-byte", "truncate", "header"])
+def test_damaged_file_is_reported_and_rebuilt(tmp_path, damage):
+    bank = SourceBank([_source()], "fp32")
+    images, targets = _data()
+    cache = _open(bank, images, targets, tmp_path)
+    f = cache.files["a"]
+    path = f.path
+    raw = bytearray(path.read_bytes())
+    if damage == "flip-record-byte":
+        raw[f.records_offset + 100] ^= 0xFF
+    elif damage == "truncate":
+        raw = raw[: len(raw) - 40]
+    else:
+        raw[30] ^= 0x01
+    path.write_bytes(bytes(raw))
+    messages: list[str] = []
+    rebuilt = _open(bank, images, targets, tmp_path, log=messages.append)
+    assert len(messages) == 1 and "damaged" in messages[0] and "rebuilding" in messages[0], messages
+    assert rebuilt.built_views == 24 * 4
+    idx = torch.arange(24)
+    v = rebuilt.training_views(idx, 0)
+    assert torch.allclose(rebuilt.lookup(idx, v)["a"], bank(to_float(apply_view(images, v, 2)))["a"], atol=1e-2)
+
+
+def test_clean_mode_stores_the_unaugmented_output(tmp_path):
+    bank = SourceBank([_source()], "fp32")
+    images, targets = _data()
+    cache = _open(bank, images, targets, tmp_path, mode="clean")
+    idx = torch.tensor([1, 2])
+    assert torch.allclose(cache.lookup(idx)["a"], bank(to_float(images[idx]))["a"], atol=1e-2)
+
+
+def test_topk_tail_keeps_the_mass_at_the_temperature():
+    logits = torch.randn(64, 1000) * 3
+    val, idx, tail = compress_logits(logits, 10, T)
+    rebuilt = expand_logits(val, idx, tail, 1000)
+    p, q = F.softmax(logits / T, 1), F.softmax(rebuilt / T, 1)
+    assert torch.allclose(p.gather(1, idx).sum(1), q.gather(1, idx).sum(1), atol=1e-5)
+    kl = topk_kl(logits, 10, T)
+    assert kl["tail"] <= kl["marginal"] + 1e-6
+
+
+def test_sskt_with_exact_cache_never_runs_sources(tmp_path):
+    images, targets = _data(32)
+    data = ImageTensorDataset(images, targets)
+    from sskt.data.datasets import DataConfig
+
+    ctx = BuildContext(num_classes=10, input_shape=(3, 8, 8), multilabel=False, target=TargetConfig(),
+                       train_data=data, data=DataConfig(crop_padding=2))
+    opts = {"sources": [{"name": "s", "arch": "cifar_resnet20", "num_classes": 10, "input_size": 8}],
+            "cache": {"mode": "exact", "views": 3, "dir": str(tmp_path), "chunk": 16}}
+    method = SSKT.from_config(opts, ctx)
+    for src in method.bank.sources:  # any source forward would now fail the test
+        src.network.forward = lambda *a, **k: (_ for _ in ()).throw(AssertionError("a source ran"))
+    batch = data.__getitems__([0, 3, 31, 7])
+    fixed = method.training_views(batch, epoch=0)
+    x, view = BatchAugment(padding=2)(batch["image"], fixed)  # what MethodModule does
+    assert torch.equal(view, fixed)
+    out = method.training_step({**batch, "image": x, "view": view})
+    assert set(out.losses) == {"target", "aux/s"} and torch.isfinite(sum(out.losses.values()))

@@ -1,0 +1,75 @@
+"""The fast source path (bf16 autocast + channels_last) gives the same soft labels as fp32, on real images."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sskt.data.augment import to_float
+from sskt.sources.bank import SourceBank, bf16_supported
+from sskt.sources.source import build_source
+
+SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
+CIFAR = SHARED / "datasets" / "cifar10-jpeg"
+R32 = SHARED / "weights" / "cifar10-resnets" / "resnet32-d509ac18.th"
+T = 3.0
+# Documented tolerance (docs/speed.md): batch-mean KL(fp32 || bf16) at T = 3.
+KL_TOLERANCE = 1e-3
+
+needs_shared = pytest.mark.skipif(not (CIFAR.is_dir() and R32.is_file()),
+                                  reason="../shared (CIFAR-10 JPEG copy and CIFAR ResNet checkpoints) not present")
+
+
+def _kl(reference: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """Per-image KL(softmax(reference/T) || softmax(other/T))."""
+    return F.kl_div(F.log_softmax(other / T, 1), F.log_softmax(reference / T, 1), log_target=True,
+                    reduction="none").sum(1)
+
+
+@pytest.fixture(scope="module")
+def real_images() -> torch.Tensor:
+    from sskt.data.datasets import DataConfig, load_data
+
+    splits = load_data(DataConfig(dataset="imagefolder", root=str(CIFAR), per_class=1, test_per_class=10))
+    return to_float(splits.test.images)  # 100 real test images, 10 per class
+
+
+def _banks(cfg: dict) -> tuple[SourceBank, SourceBank]:
+    return SourceBank([build_source(cfg)], "fp32"), SourceBank([build_source(cfg)], "bf16")
+
+
+@needs_shared
+@pytest.mark.parametrize("size", [32, 74])
+def test_bf16_channels_last_matches_fp32_on_cifar(real_images, size):
+    cfg = {"name": "r32", "arch": "cifar_resnet32", "checkpoint": str(R32), "input_size": size}
+    fp32, fast = _banks(cfg)
+    x = real_images if size == 32 else real_images[::2]  # 74 px costs 5x more: 50 images suffice
+    ref, out = fp32(x)["r32"], fast(x)["r32"]
+    kl = _kl(ref, out)
+    assert float(kl.mean()) < KL_TOLERANCE, f"mean KL {float(kl.mean()):.2e} (max {float(kl.max()):.2e})"
+    assert float((ref.argmax(1) == out.argmax(1)).float().mean()) > 0.97
+
+
+@needs_shared
+def test_bf16_matches_fp32_for_a_resnet50_at_74px(real_images):
+    torch.manual_seed(0)
+    cfg = {"name": "r50", "arch": "resnet50", "num_classes": 365, "input_size": 74, "mean": "imagenet",
+           "std": "imagenet"}
+    fp32 = SourceBank([build_source(cfg)], "fp32")
+    fast = SourceBank([build_source(cfg)], "bf16")
+    fast.load_state_dict(fp32.state_dict())  # same random weights in both
+    x = real_images[::10]
+    kl = _kl(fp32(x)["r50"], fast(x)["r50"])
+    assert float(kl.mean()) < KL_TOLERANCE, f"mean KL {float(kl.mean()):.2e} (max {float(kl.max()):.2e})"
+
+
+def test_auto_precision_is_the_default_and_resolves_per_device():
+    from sskt.methods.sskt import SSKTOptions
+    from sskt.sources.cache import resolved_precision
+
+    assert SSKTOptions(sources=[{"name": "a"}]).source_precision == "auto"
+    cpu = torch.device("cpu")
+    assert resolved_precision("auto", cpu) == ("bf16" if bf16_supported(cpu) else "fp32")
+    assert resolved_precision("fp32", cpu) == "fp32"
