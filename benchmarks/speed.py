@@ -1,0 +1,358 @@
+"""Training throughput: the reference SSKT step vs sskt with live sources vs the exact soft-label cache
+vs scratch, on this machine, in one run.
+
+    python benchmarks/speed.py --out benchmarks/results/speed.md
+
+Every variant lives in its own worker process (so each reports its own peak RSS) and the main process
+runs them in interleaved rounds (a few seconds each, order reversed every other round), so load from
+other jobs on the machine hits all variants alike; images/s are totals over the rounds. Batch 128,
+ResNet-20 target (CIFAR-10, 32x32) with one transfer-module head per source, SGD.
+
+Settings: (a) torchvision ResNet-50 sources at 74 px (32 * 7/3), 1000 and 365 classes as in the
+paper's P+I runs (random weights: timing only), 1, 2 or 4 sources; (b) the CIFAR ResNet-32 checkpoint
+at 32 px (``../shared/weights``; random weights if absent).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+BATCH = 128
+PADDING = 4
+R32_CKPT = Path(__file__).resolve().parents[1] / ".." / "shared" / "weights" / "cifar10-resnets" / "resnet32-d509ac18.th"
+
+
+# ------------------------------------------------------------------------------------------ models
+
+def make_sources(setting: str, n: int) -> list:
+    """The sources of a setting as sskt Sources (their networks are reused by the reference step)."""
+    from sskt.sources.source import Source, build_source
+
+    out = []
+    for i in range(n):
+        torch.manual_seed(100 + i)
+        if setting == "r50":
+            classes = (1000, 365)[i % 2]
+            out.append(build_source({"name": f"s{i}", "arch": "resnet50", "num_classes": classes,
+                                     "input_size": 74, "mean": "imagenet", "std": "imagenet"}))
+        else:
+            cfg = {"name": f"s{i}", "arch": "cifar_resnet32", "num_classes": 10, "input_size": 32,
+                   "mean": "imagenet", "std": "imagenet"}
+            if R32_CKPT.is_file():
+                cfg["checkpoint"] = str(R32_CKPT)
+            src = build_source(cfg)
+            if i:  # distinct weights per copy, so the cache keys (and files) differ as real sources would
+                with torch.no_grad():
+                    src.network.linear.bias.add_(0.01 * i)
+            out.append(src)
+        assert isinstance(out[-1], Source)
+    return out
+
+
+class ReferenceStep:
+    """The official 2D SSKT training step, as its code does it (methods-spec §1.4-1.5): the data
+    pipeline hands over a normalised fp32 NCHW batch; the target returns main + auxiliary logits; each
+    source is switched to train mode and, under no_grad, gets ``nn.Upsample(scale_factor=7/3,
+    mode='bilinear')`` of the batch (CIFAR) and its own forward; loss = CE + alpha * T^2 *
+    KLDivLoss(mean) per source; backward; SGD step. Sources stay fp32 NCHW."""
+
+    def __init__(self, setting: str, n_sources: int) -> None:
+        from sskt.methods.sskt import make_head
+        from sskt.models.target import TargetNetwork
+
+        self.target = TargetNetwork("cifar_resnet20", 10)
+        example = torch.rand(2, 3, 32, 32)
+        self.sources = [s.network for s in make_sources(setting, n_sources)]
+        classes = [s.fc.out_features if hasattr(s, "fc") else 10 for s in self.sources]
+        self.heads = nn.ModuleList([make_head("transfer", self.target, example, k, None) for k in classes])
+        params = list(self.target.parameters()) + list(self.heads.parameters())
+        self.opt = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4)
+        self.upsample = nn.Upsample(scale_factor=7 / 3, mode="bilinear") if setting == "r50" else None
+        self.kl = nn.KLDivLoss()  # reduction='mean' over B x K, as the reference
+        self.mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+        self.std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+        self.T, self.alpha = 3.0, 0.1
+
+    def step(self, images01: torch.Tensor, labels: torch.Tensor) -> None:
+        inputs = (images01 - self.mean) / self.std  # the reference normalises in the data pipeline
+        self.target.train()
+        # sskt's TargetNetwork normalises inside; same arithmetic as the reference's normalised input.
+        feats = self.target.forward_features(images01)
+        loss = nn.functional.cross_entropy(feats.logits, labels)
+        for head, src in zip(self.heads, self.sources):
+            src.train()  # the reference: BatchNorm in train mode, statistics drift
+            with torch.no_grad():
+                x = self.upsample(inputs) if self.upsample is not None else inputs
+                q = src(x)
+            a = head(feats.pooled, feats.stages)
+            loss = loss + self.alpha * self.kl(nn.functional.log_softmax(a / self.T, 1),
+                                               nn.functional.softmax(q / self.T, 1)) * self.T * self.T
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+
+
+class SsktStep:
+    """sskt's own step, as :class:`~sskt.engine.lit.MethodModule` runs it: views (from the method if it
+    fixes them), batch augmentation, method.training_step, backward, SGD."""
+
+    def __init__(self, kind: str, setting: str, n_sources: int, cache_dir: str, n_images: int) -> None:
+        from sskt.data.augment import BatchAugment
+        from sskt.methods.scratch import Scratch, ScratchOptions
+        from sskt.methods.sskt import SSKT, SSKTOptions
+        from sskt.models.target import TargetNetwork
+
+        torch.manual_seed(0)
+        target = TargetNetwork("cifar_resnet20", 10)
+        if kind == "scratch":
+            self.method = Scratch(target, ScratchOptions())
+        else:
+            sources = make_sources(setting, n_sources)
+            opts = SSKTOptions(sources=[{"name": s.name} for s in sources])  # source_precision: auto
+            self.method = SSKT(target, sources, opts, example=torch.rand(2, 3, 32, 32))
+            if kind == "cache":
+                images, targets = bench_data(n_images)
+                self.method.attach_cache(cache_spec_for(cache_dir), images, targets, PADDING, True, progress=False)
+        self.method.train()
+        self.opt = torch.optim.SGD([p for p in self.method.parameters() if p.requires_grad], lr=0.1, momentum=0.9,
+                                   weight_decay=5e-4)
+        self.augment = BatchAugment(PADDING, True, seed=0)
+        self.epoch = 0
+
+    def step(self, batch: dict) -> None:
+        hook = getattr(self.method, "training_views", None)
+        fixed = hook(batch, self.epoch) if hook is not None else None
+        images, view = self.augment(batch["image"], fixed)
+        out = self.method.training_step({**batch, "image": images, "view": view})
+        loss = sum(out.losses.values())
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+
+
+class SourceInference:
+    """Source inference alone (one ResNet-50 at 74 px): fp32 NCHW vs bf16 autocast + channels_last."""
+
+    def __init__(self, precision: str) -> None:
+        from sskt.sources.bank import SourceBank
+
+        self.bank = SourceBank(make_sources("r50", 1), precision)
+
+    def step(self, images01: torch.Tensor) -> None:
+        self.bank(images01)
+
+
+def cache_spec_for(cache_dir: str) -> dict:
+    return {"mode": "exact", "views": 8, "topk": 10, "dir": cache_dir, "chunk": 64, "batch_size": 128}
+
+
+def bench_data(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+# ------------------------------------------------------------------------------------------ workers
+
+def worker(spec: dict, conn) -> None:
+    torch.set_num_threads(spec["threads"])
+    kind = spec["kind"]
+    n_images = spec["n_images"]
+    images, targets = bench_data(n_images)
+    g = torch.Generator().manual_seed(1)
+    if kind == "reference":
+        runner = ReferenceStep(spec["setting"], spec["n"])
+    elif kind == "infer":
+        runner = SourceInference(spec["precision"])
+    else:
+        runner = SsktStep(kind, spec["setting"], spec["n"], spec["cache_dir"], n_images)
+    conn.send("ready")
+    from sskt.data.augment import BatchAugment
+
+    aug = BatchAugment(PADDING, True, seed=2)
+    while True:
+        cmd, arg = conn.recv()
+        if cmd == "stop":
+            break
+        if cmd == "rss":
+            conn.send(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # MiB (Linux reports KiB)
+            continue
+        total = 0.0
+        for _ in range(arg):
+            index = torch.randint(0, n_images, (BATCH,), generator=g)
+            batch = {"image": images[index], "target": targets[index], "index": index}
+            t0 = time.perf_counter()
+            if kind == "reference":
+                x, _ = aug(batch["image"])  # the reference's crop + flip (done by its data loader)
+                runner.step(x, batch["target"])
+            elif kind == "infer":
+                runner.step(aug(batch["image"])[0])
+            else:
+                runner.step(batch)
+            total += time.perf_counter() - t0
+        conn.send(total)
+
+
+# ------------------------------------------------------------------------------------------ main
+
+def machine() -> str:
+    cpu = "?"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    from sskt.sources.bank import bf16_supported
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"{platform.machine()}, {cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), bf16 fast: {bf16_supported(torch.device('cpu'))}, "
+            f"load average at start {load:.1f}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="sskt training throughput benchmark")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=2.5, help="target time per variant per round")
+    p.add_argument("--r50-images", type=int, default=64, help="training images in the R50 cache (timing only)")
+    p.add_argument("--r32-images", type=int, default=512)
+    p.add_argument("--out", default="benchmarks/results/speed-table.md")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--report-only", action="store_true", help="rewrite the table from <out>.json")
+    args = p.parse_args()
+    if args.report_only:
+        return write_report(args, json.loads(Path(args.out).with_suffix(".json").read_text()))
+    started = time.perf_counter()
+    threads = torch.get_num_threads()
+    cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="sskt-speed-cache-")
+    print(machine(), flush=True)
+
+    # 1. Cache building, timed (main process), for the largest source set of each setting.
+    from sskt.methods.sskt import SSKT, SSKTOptions
+    from sskt.models.target import TargetNetwork
+
+    builds = {}
+    for setting, n_img in (("r50", args.r50_images), ("r32", args.r32_images)):
+        sources = make_sources(setting, 4)
+        m = SSKT(TargetNetwork("cifar_resnet20", 10), sources, SSKTOptions(sources=[{"name": s.name} for s in sources]),
+                 example=torch.rand(2, 3, 32, 32))
+        images, targets = bench_data(n_img)
+        t0 = time.perf_counter()
+        m.attach_cache(cache_spec_for(cache_dir), images, targets, PADDING, True, progress=False)
+        secs = time.perf_counter() - t0
+        builds[setting] = {"seconds": secs, "images": n_img, "views": m.cache.built_views,
+                           "bytes": {n: f.size for n, f in m.cache.files.items()},
+                           "classes": {n: f.meta["num_classes"] for n, f in m.cache.files.items()}}
+        print(f"cache {setting}: {m.cache.built_views} views x 4 sources in {secs:.1f}s", flush=True)
+        del m, sources
+
+    # 2. Workers, one per variant.
+    variants = []
+    for setting in ("r50", "r32"):
+        n_img = args.r50_images if setting == "r50" else args.r32_images
+        variants.append({"name": f"{setting} reference x2", "kind": "reference", "setting": setting, "n": 2})
+        for n in (1, 2, 4):
+            variants.append({"name": f"{setting} live x{n}", "kind": "live", "setting": setting, "n": n})
+        for n in (1, 2, 4):
+            variants.append({"name": f"{setting} cache x{n}", "kind": "cache", "setting": setting, "n": n,
+                             "n_images": n_img})
+    variants.append({"name": "scratch", "kind": "scratch", "setting": "none", "n": 0})
+    variants.append({"name": "R50 inference fp32 NCHW", "kind": "infer", "precision": "fp32", "setting": "r50"})
+    variants.append({"name": "R50 inference bf16 channels_last", "kind": "infer", "precision": "bf16", "setting": "r50"})
+    ctx = mp.get_context("spawn")
+    procs = {}
+    for v in variants:
+        v.setdefault("n_images", args.r50_images if v["setting"] == "r50" else args.r32_images)
+        v.update(threads=threads, cache_dir=cache_dir)
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=worker, args=(v, child), daemon=True)
+        proc.start()
+        procs[v["name"]] = (proc, parent)
+        parent.recv()  # one at a time: building models while another measures would skew nothing yet
+    # Warm-up step (not counted) and a first estimate of the step time.
+    est = {}
+    for name, (_, conn) in procs.items():
+        conn.send(("run", 1))
+        est[name] = conn.recv()
+    print(f"workers ready after {time.perf_counter() - started:.0f}s", flush=True)
+    totals = {name: [0.0, 0] for name in procs}
+    per_round: dict[str, list[float]] = {name: [] for name in procs}
+    names = list(procs)
+    for r in range(args.rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            steps = max(1, round(args.seconds / max(est[name], 1e-3)))
+            conn = procs[name][1]
+            conn.send(("run", steps))
+            secs = conn.recv()
+            totals[name][0] += secs
+            totals[name][1] += steps
+            per_round[name].append(BATCH * steps / secs)
+        print(f"round {r + 1}/{args.rounds} done at {time.perf_counter() - started:.0f}s", flush=True)
+    rss = {}
+    for name, (proc, conn) in procs.items():
+        conn.send(("rss", None))
+        rss[name] = conn.recv()
+        conn.send(("stop", None))
+        proc.join(timeout=10)
+    ips = {name: BATCH * t[1] / t[0] for name, t in totals.items()}
+    raw = {"ips": ips, "per_round": per_round, "rss": rss, "builds": builds, "wall": time.perf_counter() - started,
+           "rounds": args.rounds, "seconds": args.seconds, "machine": machine()}
+    Path(args.out).with_suffix(".json").write_text(json.dumps(raw, indent=1))
+    write_report(args, raw)
+
+
+def write_report(args, raw: dict) -> None:
+    ips, per_round, rss, builds, wall = raw["ips"], raw["per_round"], raw["rss"], raw["builds"], raw["wall"]
+    lines = [f"Machine: {raw['machine']}", "",
+             f"Command: `python benchmarks/speed.py --rounds {args.rounds} --seconds {args.seconds}` "
+             f"(wall {wall:.0f}s; batch {BATCH}; ResNet-20 target + transfer heads; images/s are totals over "
+             f"{args.rounds} interleaved rounds; spread = min-max of per-round images/s)", ""]
+    scratch = ips["scratch"]
+    for setting, title in (("r50", "ResNet-50 sources at 74 px (1000/365 classes, random weights)"),
+                           ("r32", "CIFAR ResNet-32 source(s) at 32 px")):
+        ref = ips[f"{setting} reference x2"]
+        lines += [f"### {title}", "",
+                  "| variant | images/s | spread | vs reference x2 | slowdown vs scratch | peak RSS (MiB) |",
+                  "|---|---|---|---|---|---|"]
+        rows = [f"{setting} reference x2"] + [f"{setting} {k} x{n}" for k in ("live", "cache") for n in (1, 2, 4)]
+        for name in rows + ["scratch"]:
+            pr = per_round[name]
+            lines.append(f"| {name} | {ips[name]:.1f} | {min(pr):.1f}-{max(pr):.1f} | {ips[name] / ref:.2f}x | "
+                         f"{scratch / ips[name]:.2f}x | {rss[name]:.0f} |")
+        b = builds[setting]
+        per_img = sum(b["bytes"].values()) / b["images"]
+        per_img2 = sum(sorted(b["bytes"].values())[:2]) / b["images"] if setting == "r32" else \
+            sum(v for k, v in b["bytes"].items() if k in ("s0", "s1")) / b["images"]
+        rate = b["views"] * 4 / b["seconds"] if b["seconds"] else float("nan")
+        lines += ["", f"Cache build ({setting}, exact, K = 8 views, top-10, 4 sources): {b['views']} views per source "
+                      f"in {b['seconds']:.1f}s = {rate:.0f} source-views/s. "
+                      f"Size {per_img:.0f} bytes/image for the 4 sources, {per_img2:.0f} bytes/image for 2; "
+                      f"CIFAR-10 (50,000 images), 2 sources: {per_img2 * 50000 / 1e6:.1f} MB, "
+                      f"estimated build {50000 * 8 * 2 / rate / 60:.0f} min on this machine.", ""]
+    lines += ["### Source inference alone (one ResNet-50, 74 px, batch 128)", "",
+              "| precision | images/s | peak RSS (MiB) |", "|---|---|---|"]
+    for name in ("R50 inference fp32 NCHW", "R50 inference bf16 channels_last"):
+        lines.append(f"| {name} | {ips[name]:.1f} | {rss[name]:.0f} |")
+    lines.append(f"\nbf16 + channels_last / fp32 NCHW: "
+                 f"{ips['R50 inference bf16 channels_last'] / ips['R50 inference fp32 NCHW']:.2f}x")
+    text = "\n".join(lines) + "\n"
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
