@@ -5,14 +5,25 @@ Example:
     >>> cfg = sskt.ExperimentConfig.from_yaml("configs/cifar10_r20_sskt.yaml", ["train.epochs=1"])  # doctest: +SKIP
     >>> result = sskt.fit(cfg)  # doctest: +SKIP
 """
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
 
-from sskt.config import ExperimentConfig, TrainConfig  # noqa: E402
-from sskt.data.datasets import DataConfig  # noqa: E402
-from sskt.engine.run import RunResult, evaluate, export, fit, load_trained  # noqa: E402
-from sskt.errors import SSKTError  # noqa: E402
-from sskt.methods.base import METHODS, TargetConfig  # noqa: E402
-from sskt.sources.loading import load_network  # noqa: E402
+# Public names -> defining module, imported on first use so that `import sskt.losses` stays light
+# (Lightning is only loaded when training is asked for).
+_LAZY = {
+    "ExperimentConfig": "sskt.config", "TrainConfig": "sskt.config", "DataConfig": "sskt.data.datasets",
+    "TargetConfig": "sskt.methods.base", "METHODS": "sskt.methods", "RunResult": "sskt.engine.run",
+    "fit": "sskt.engine.run", "evaluate": "sskt.engine.run", "export": "sskt.engine.run",
+    "load_trained": "sskt.engine.run", "load_network": "sskt.sources.loading", "SSKTError": "sskt.errors",
+}
+__all__ = [*_LAZY, "__version__"]
 
-__all__ = ["ExperimentConfig", "TrainConfig", "DataConfig", "TargetConfig", "RunResult", "fit", "evaluate", "export",
-           "load_trained", "load_network", "SSKTError", "METHODS", "__version__"]
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'sskt' has no attribute {name!r}")

@@ -40,6 +40,7 @@ class TrainConfig:
     strategy: str = "auto"
     num_nodes: int = 1
     eval_every: int = 1
+    checkpoint_every: int = 1  # epochs between checkpoints (last.ckpt); resume loses at most this many
     progress_bar: bool = True
     log_every_n_steps: int = 10
     limit_train_batches: Any = None  # quick checks: a number of batches or a fraction

@@ -39,8 +39,9 @@ class MethodModule(L.LightningModule):
         else:
             self.metric = torchmetrics.classification.MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.history: list[dict[str, float]] = []
-        self.train_seconds = 0.0
-        self._epoch_start = 0.0
+        self.train_seconds = 0.0  # time in training steps only (no evaluation), summed over resumes
+        self._step_start = 0.0
+        self._loss_sum, self._loss_count = 0.0, 0
         self._augment: BatchAugment | None = None
 
     @property
@@ -51,10 +52,13 @@ class MethodModule(L.LightningModule):
         # A generator per rank and epoch: resumed runs see the same views as uninterrupted ones.
         self._augment = BatchAugment(self.crop_padding, self.flip,
                                      seed=self.seed * 100_003 + self.current_epoch * 101 + self.global_rank)
-        self._epoch_start = time.perf_counter()
+        self._loss_sum, self._loss_count = 0.0, 0
 
-    def on_train_epoch_end(self) -> None:
-        self.train_seconds += time.perf_counter() - self._epoch_start
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._step_start = time.perf_counter()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.train_seconds += time.perf_counter() - self._step_start
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
         assert self._augment is not None
@@ -72,6 +76,8 @@ class MethodModule(L.LightningModule):
             loss = None
             self._check_finite(sum(v.detach() for v in out.losses.values()), out.losses)
         bs = images.shape[0]
+        self._loss_sum += float(sum(v.detach() for v in out.losses.values()))
+        self._loss_count += 1
         for name, value in out.losses.items():
             self.log(f"train/{name}", value.detach(), on_step=True, on_epoch=True, batch_size=bs)
         if not self.multilabel:
@@ -81,7 +87,7 @@ class MethodModule(L.LightningModule):
 
     def _check_finite(self, loss: Tensor, parts: dict[str, Tensor]) -> None:
         if not torch.isfinite(loss):
-            named = ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items())
+            named = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in parts.items())
             raise SSKTError(
                 f"loss became {float(loss)} at step {self.global_step} (epoch {self.current_epoch}): {named}; "
                 f"lower train.lr, or check the inputs and sources for NaN"
@@ -105,9 +111,8 @@ class MethodModule(L.LightningModule):
         if not self.trainer.sanity_checking:
             entry = {"epoch": self.current_epoch, f"test_{self.metric_name}": value,
                      "train_seconds": round(self.train_seconds, 2)}
-            loss = self.trainer.callback_metrics.get("train/target_epoch")
-            if loss is not None:
-                entry["train_target_loss"] = float(loss)
+            if self._loss_count:
+                entry["train_loss"] = self._loss_sum / self._loss_count
             self.history = [h for h in self.history if h["epoch"] != self.current_epoch] + [entry]
 
     def configure_optimizers(self) -> Any:

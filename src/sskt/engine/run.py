@@ -1,6 +1,7 @@
 """fit / evaluate / export: the Python API behind the CLI."""
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import time
@@ -23,12 +24,32 @@ from sskt.errors import SSKTError
 from sskt.methods import BuildContext, Method, build_method
 
 
+# Lightning warnings that describe sskt's design, not a problem: in-memory tensors need no workers,
+# frozen sources are in eval mode on purpose, and small subsets have few batches per epoch.
+_EXPECTED_WARNINGS = (".*does not have many workers.*", ".*module\\(s\\) in eval mode.*",
+                      ".*smaller than the logging interval.*", ".*LeafSpec.*")
+logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)  # no GPU/TPU/tip banners
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints are written to a temporary file and renamed: an interrupted write never
     leaves a truncated ``last.ckpt`` behind."""
 
     def save_checkpoint(self, checkpoint: dict, path: Any, storage_options: Any = None) -> None:
         atomic_torch_save(checkpoint, path)
+
+
+class SaveLast(L.Callback):
+    """Writes ``last.ckpt`` every ``every`` epochs and after the final one (after that epoch's
+    evaluation, so the checkpoint's history includes it)."""
+
+    def __init__(self, path: Path, every: int = 1) -> None:
+        self.path, self.every = Path(path), max(int(every), 1)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch + 1
+        if epoch % self.every == 0 or epoch == trainer.max_epochs:
+            trainer.save_checkpoint(self.path)  # collective under DDP; rank 0 writes
 
 
 @dataclass
@@ -50,7 +71,7 @@ class RunResult:
 def build_context(cfg: ExperimentConfig, splits: ImageSplits) -> BuildContext:
     return BuildContext(num_classes=splits.num_classes, input_shape=tuple(splits.train.images.shape[1:]),
                         multilabel=splits.multilabel, target=cfg.target, seed=cfg.seed, classes=splits.classes,
-                        train_data=splits.train, data=cfg.data)
+                        train_data=splits.train, data=cfg.data, test_data=splits.test)
 
 
 def loaders(cfg: ExperimentConfig, splits: ImageSplits) -> tuple[DataLoader, DataLoader]:
@@ -77,20 +98,20 @@ def _versions() -> dict[str, str]:
 
 
 def make_trainer(cfg: ExperimentConfig, out_dir: Path, callbacks: Sequence[L.Callback] = ()) -> L.Trainer:
-    from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     t = cfg.train
-    logs: list[Any] = [CSVLogger(out_dir, name="logs", version="")]
+    # A new log version per invocation, so a resumed run never overwrites the logs of its first part.
+    logs: list[Any] = [CSVLogger(out_dir, name="logs")]
     if t.tensorboard:
-        logs.append(TensorBoardLogger(out_dir, name="tensorboard", version=""))
-    ckpt = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0, every_n_epochs=1)
+        logs.append(TensorBoardLogger(out_dir, name="tensorboard"))
+    ckpt = SaveLast(out_dir / "checkpoints" / "last.ckpt", t.checkpoint_every)
     return L.Trainer(
         max_epochs=t.epochs, accelerator=t.accelerator, devices=t.devices, strategy=t.strategy,
         num_nodes=t.num_nodes, precision=t.precision, logger=logs, callbacks=[ckpt, *callbacks],
         plugins=[AtomicCheckpointIO()], enable_progress_bar=t.progress_bar, log_every_n_steps=t.log_every_n_steps,
         check_val_every_n_epoch=t.eval_every, num_sanity_val_steps=0, default_root_dir=out_dir,
-        limit_train_batches=t.limit_train_batches, enable_model_summary=False,
+        limit_train_batches=t.limit_train_batches, enable_model_summary=False, enable_checkpointing=False,
     )
 
 
@@ -116,8 +137,8 @@ def fit(cfg: ExperimentConfig, callbacks: Sequence[L.Callback] = ()) -> RunResul
     last = out_dir / "checkpoints" / "last.ckpt"
     resume = str(last) if cfg.train.resume and last.is_file() else None
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*strict_loading.*")
+        for expected in _EXPECTED_WARNINGS:
+            warnings.filterwarnings("ignore", message=expected)
         trainer.fit(module, train_loader, test_loader, ckpt_path=resume)
     if trainer.interrupted:
         raise SSKTError(f"training was interrupted; run the same command again to resume from {last}")

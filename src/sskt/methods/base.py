@@ -35,6 +35,7 @@ class BuildContext:
     classes: list[str] = field(default_factory=list)
     train_data: Any = None  # the training ImageTensorDataset (for methods that precompute over it)
     data: Any = None  # the DataConfig
+    test_data: Any = None  # the test ImageTensorDataset (for methods that report e.g. a teacher's accuracy)
 
     @property
     def in_chans(self) -> int:
@@ -120,7 +121,10 @@ class Method(nn.Module):
         from sskt.sources.source import Source
 
         for m in self.frozen_modules():
-            m.train(mode) if isinstance(m, Source) else m.train(False)
+            m.train(False)
+            for sub in m.modules():
+                if isinstance(sub, Source):
+                    sub.train(mode)  # a Source stays in eval unless its legacy bn_mode says otherwise
         return self
 
     def frozen_prefixes(self) -> list[str]:

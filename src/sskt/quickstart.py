@@ -1,0 +1,70 @@
+"""``sskt quickstart``: scratch vs SSKT on scikit-learn's bundled digits, no download, ~2 minutes.
+
+The digits are split once into three disjoint parts: ``source`` (718 images), ``train`` (539) and
+``test`` (540). A small source network is pretrained on the ``source`` part with all its labels.
+The target then sees only a few labelled images per class of the ``train`` part, and is trained
+from scratch, or with SSKT using the frozen source as its one auxiliary task.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from sskt.config import ExperimentConfig
+
+PER_CLASS = 5
+EPOCHS = 40
+
+
+def _base(out_dir: Path, name: str, seed: int, **sections: Any) -> ExperimentConfig:
+    raw = {
+        "name": name, "seed": seed, "out_dir": str(out_dir / name / f"seed{seed}"),
+        "data": {"dataset": "digits", "per_class": PER_CLASS, "crop_padding": 1, "flip": False},
+        "target": {"arch": "cifar_resnet20"},
+        "train": {"epochs": EPOCHS, "batch_size": 25, "lr": 0.05, "schedule": "cosine", "eval_every": EPOCHS, "checkpoint_every": EPOCHS,
+                  "progress_bar": False, "tensorboard": False, "weight_decay": 5e-4},
+    }
+    for key, value in sections.items():
+        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) and key != "method" else value
+    return ExperimentConfig.from_dict(raw)
+
+
+def quickstart(seeds: int = 3, out_dir: str | Path = "runs/quickstart") -> dict[str, list[float]]:
+    """Run the demo and print a table of test accuracy (mean ± std over ``seeds``)."""
+    from sskt.engine.run import fit
+
+    out = Path(out_dir)
+    started = time.perf_counter()
+    print(f"sskt quickstart: digits (8x8, bundled with scikit-learn), target = CIFAR ResNet-20 with {PER_CLASS} "
+          f"labelled images per class, {EPOCHS} epochs, {seeds} seeds.")
+    src_cfg = _base(out, "source", 0, data={"train_split": "source", "per_class": None},
+                    train={"epochs": 15, "batch_size": 64, "eval_every": 15, "checkpoint_every": 15})
+    src = fit(src_cfg)
+    print(f"  source: a ResNet-20 pretrained on 718 other digit images, test top-1 {src.final:.1f}%")
+    source = {"name": "digits_source", "checkpoint": str(src.out_dir / "target.pt"), "input_size": 8}
+    variants = {
+        "scratch": {"name": "scratch"},
+        "sskt": {"name": "sskt", "head": "linear", "aux_loss": "kd", "temperature": 3, "alpha": 1.0,
+                 "sources": [source]},
+    }
+    results: dict[str, list[float]] = {k: [] for k in variants}
+    for seed in range(seeds):
+        for name, method in variants.items():
+            results[name].append(fit(_base(out, name, seed, method=method)).final)
+    print()
+    print("| method  | test top-1 (%), mean ± std | per seed |")
+    print("|---------|----------------------------|----------|")
+    for name, accs in results.items():
+        std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        print(f"| {name:<7} | {statistics.mean(accs):6.2f} ± {std:4.2f}              | "
+              + ", ".join(f"{a:.1f}" for a in accs) + " |")
+    print()
+    print("What the numbers mean: accuracy of the target's main head on 540 held-out digits. 'sskt' trains the "
+          "same target on the same few labels, plus an auxiliary head that learns to reproduce the frozen "
+          "source's softened predictions (T=3) on the same augmented images; only the main head is scored. "
+          "The source saw different images, never the target's test images. A gap larger than the std is the "
+          "source's knowledge reaching the target through the shared trunk. "
+          f"({time.perf_counter() - started:.0f} s; runs in {out})")
+    return results

@@ -1,0 +1,71 @@
+"""Checkpoints in every common shape load; ones that don't fit say why in one line."""
+import pytest
+import torch
+
+from sskt.errors import SSKTError
+from sskt.models.factory import create_model
+from sskt.sources import build_source, load_network
+
+from conftest import CIFAR_WEIGHTS, need
+
+
+def _same(a, b):
+    x = torch.rand(2, 3, 32, 32)
+    a.eval(), b.eval()
+    return torch.allclose(a(x), b(x))
+
+
+@pytest.mark.parametrize("wrap", ["plain", "module", "state_dict", "state_dict+module"])
+def test_state_dict_variants(tmp_path, wrap):
+    net = create_model("cifar_resnet20", 7)
+    state = net.state_dict()
+    if "module" in wrap:
+        state = {f"module.{k}": v for k, v in state.items()}
+    obj = {"state_dict": state, "epoch": 3} if wrap.startswith("state_dict") else state
+    torch.save(obj, tmp_path / "c.pt")
+    loaded = load_network("cifar_resnet20", tmp_path / "c.pt")
+    assert loaded.num_classes == 7  # read from the classifier
+    assert _same(loaded.module, net)
+
+
+def test_key_mismatch_names_keys(tmp_path):
+    torch.save(create_model("cifar_resnet20", 10).state_dict(), tmp_path / "c.pt")
+    with pytest.raises(SSKTError, match=r"missing keys: .*layer1\.3.*"):
+        load_network("cifar_resnet32", tmp_path / "c.pt")
+    state = create_model("cifar_resnet20", 10).state_dict()
+    state["extra.weight"] = torch.zeros(1)
+    torch.save(state, tmp_path / "d.pt")
+    with pytest.raises(SSKTError, match="unexpected keys: extra.weight"):
+        load_network("cifar_resnet20", tmp_path / "d.pt")
+
+
+def test_pickled_module_needs_trust_flag(tmp_path):
+    net = create_model("cifar_resnet20", 10)
+    torch.save(net, tmp_path / "whole.pt")
+    with pytest.raises(SSKTError, match="trust_pickle: true"):
+        load_network(None, tmp_path / "whole.pt")
+    loaded = load_network(None, tmp_path / "whole.pt", trust_pickle=True)
+    assert _same(loaded.module, net) and loaded.num_classes == 10
+    # a whole module gives no input size: the source must be told
+    with pytest.raises(SSKTError, match="input_size"):
+        build_source({"name": "w", "checkpoint": str(tmp_path / "whole.pt"), "trust_pickle": True, "mean": "imagenet",
+                      "std": "imagenet"})
+    src = build_source({"name": "w", "checkpoint": str(tmp_path / "whole.pt"), "trust_pickle": True,
+                        "mean": "imagenet", "std": "imagenet", "input_size": 32})
+    assert src(torch.rand(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_sskt_model_file_roundtrip(tmp_path):
+    from sskt.models import TargetNetwork
+
+    t = TargetNetwork("cifar_resnet20", 4)
+    t.save(tmp_path / "target.pt", classes=list("abcd"))
+    loaded = load_network(None, tmp_path / "target.pt")
+    assert loaded.arch == "cifar_resnet20" and loaded.classes == list("abcd") and loaded.input_size == 32
+    assert _same(loaded.module, t.model)
+
+
+def test_shared_cifar_checkpoints_load_by_name_and_file():
+    for depth, name in ((20, "resnet20-12fca82f.th"), (32, "resnet32-d509ac18.th"), (44, "resnet44-014dd654.th")):
+        net = load_network(f"cifar_resnet{depth}", need(CIFAR_WEIGHTS / name))
+        assert net.num_classes == 10 and net.input_size == 32
