@@ -100,7 +100,9 @@ def kmeans(
         spherical: renormalise centroids to unit norm after each iteration.
         max_points_per_centroid: faiss subsamples to ``k * this`` training points (faiss default 256);
             ``None`` trains on every point.
-        threads: faiss OpenMP threads for this call (``None`` keeps faiss's setting).
+        threads: faiss OpenMP threads for this call. ``None`` uses 1 thread for small problems
+            (N * k * D < 1e7), where OpenMP start-up and spinning cost more than the work (measured
+            0.7 s vs 0.5 ms on a busy 2-core machine), and faiss's own setting otherwise.
 
     Example:
         >>> rng = np.random.default_rng(0)
@@ -114,6 +116,8 @@ def kmeans(
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, {n}] (the number of points), got {k}")
     previous = faiss.omp_get_max_threads()
+    if threads is None and n * k * d < 1e7:
+        threads = 1
     if threads is not None:
         faiss.omp_set_num_threads(threads)
     try:

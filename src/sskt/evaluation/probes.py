@@ -102,7 +102,7 @@ def linear_probe(
     test_features: Tensor,
     test_labels: Tensor,
     weight_decay: float = 1e-4,
-    max_iter: int = 200,
+    max_iter: int = 100,
     standardize: bool = True,
     seed: int = 0,
 ) -> ProbeResult:
@@ -136,7 +136,7 @@ def linear_probe(
     nn.init.zeros_(clf.weight)  # convex problem: a fixed start makes the result deterministic
     nn.init.zeros_(clf.bias)
     opt = torch.optim.LBFGS(clf.parameters(), lr=1.0, max_iter=max_iter, history_size=20,
-                            line_search_fn="strong_wolfe", tolerance_grad=1e-6, tolerance_change=1e-9)
+                            line_search_fn="strong_wolfe", tolerance_grad=1e-5, tolerance_change=1e-7)
 
     def closure() -> Tensor:
         opt.zero_grad()
@@ -165,6 +165,7 @@ def probe_layers(
     k: int = 20,
     temperature: float = 0.07,
     weight_decay: float = 1e-4,
+    max_iter: int = 100,
     batch_size: int = 256,
 ) -> dict[str | None, dict[str, float]]:
     """Linear-probe and k-NN top-1 of each named layer of a frozen model.
@@ -189,7 +190,7 @@ def probe_layers(
         scores: dict[str, float] = {"dim": float(train[name].shape[1])}
         if linear:
             scores["linear_top1"] = linear_probe(train[name], train_labels, test[name], test_labels,
-                                                 weight_decay=weight_decay).test_top1
+                                                 weight_decay=weight_decay, max_iter=max_iter).test_top1
         if knn:
             scores["knn_top1"] = knn_accuracy(train[name], train_labels, test[name], test_labels, k, temperature)
         out[name] = scores
