@@ -1,0 +1,132 @@
+"""Knowledge distillation (Hinton, Vinyals, Dean 2015) from a frozen teacher of the same label space.
+
+loss = (1 - alpha) * CE(student, y) + alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)),
+the teacher seeing the same augmented view as the student. A teacher with other classes is not a
+KD teacher: that is what SSKT's auxiliary heads are for.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sskt.errors import SSKTError
+from sskt.losses import kd_loss
+from sskt.methods.base import METHODS, BuildContext, Method, StepOutput, parse_options
+from sskt.models.target import TargetNetwork
+from sskt.sources.source import Source, build_source, source_config
+
+# Teacher accuracy is the same for every seed and variant of a comparison: measure it once per process.
+_TEACHER_ACC_CACHE: dict[tuple, float] = {}
+
+
+@dataclass
+class KDOptions:
+    """``teacher``: a source mapping (``arch``, ``checkpoint``, ``input_size``, ``mean``/``std`` ... as
+    for SSKT's sources; ``name`` defaults to ``teacher``). ``temperature`` T and ``alpha`` (the weight
+    of the soft term; the hard CE gets 1 - alpha) default to the CRD benchmark's T = 4, alpha = 0.9.
+    ``evaluate_teacher``: record the teacher's own test accuracy in result.json."""
+
+    teacher: dict = field(default_factory=dict)
+    temperature: float = 4.0
+    alpha: float = 0.9
+    evaluate_teacher: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.teacher:
+            raise SSKTError("method kd needs method.teacher (a source mapping with arch and checkpoint)")
+        if self.temperature <= 0:
+            raise SSKTError(f"method kd: temperature must be > 0, got {self.temperature}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise SSKTError(f"method kd: alpha must be in [0, 1], got {self.alpha}")
+
+
+def distillation_loss(student: Tensor, teacher: Tensor, target: Tensor, temperature: float,
+                      alpha: float) -> tuple[Tensor, Tensor]:
+    """The two weighted terms of the KD loss: ((1 - alpha) * CE, alpha * T^2 * batch-mean KL)."""
+    return (1.0 - alpha) * F.cross_entropy(student, target), alpha * kd_loss(student, teacher, temperature)
+
+
+class _OnDevice(nn.Module):
+    """Moves CPU evaluation batches to the wrapped module's device (the engine may have moved it)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: Tensor) -> Tensor:
+        device = next(self.module.parameters()).device
+        return self.module(x.to(device))
+
+
+def evaluate_on_test(module: nn.Module, test_data: Any, multilabel: bool = False) -> float | None:
+    """Test accuracy (%) of a frozen or auxiliary network, or None when no test split is known."""
+    if test_data is None:
+        return None
+    from sskt.engine.run import evaluate_model
+
+    was_training = module.training
+    try:
+        return round(evaluate_model(_OnDevice(module), test_data, multilabel), 4)
+    finally:
+        module.train(was_training)
+
+
+@METHODS.register("kd")
+class KD(Method):
+    """A target distilled from one frozen teacher that shares its label space.
+
+    Example:
+        >>> from sskt.models.factory import create_model
+        >>> teacher = Source("teacher", create_model("cifar_resnet20", 10), 10, input_size=32)
+        >>> m = KD(TargetNetwork("cifar_resnet20", 10), teacher, KDOptions(teacher={"name": "teacher"}))
+        >>> sorted(m.training_step({"image": torch.rand(4, 3, 32, 32), "target": torch.arange(4)}).losses)
+        ['kd', 'target']
+    """
+
+    name = "kd"
+
+    def __init__(self, target: TargetNetwork, teacher: Source, options: KDOptions, test_data: Any = None) -> None:
+        super().__init__(target)
+        if teacher.num_classes != target.num_classes:
+            raise SSKTError(
+                f"kd teacher {teacher.name!r} predicts {teacher.num_classes} classes but the target has "
+                f"{target.num_classes}; KD needs the same label space; for a teacher with other classes "
+                f"use method sskt (an auxiliary head per source)"
+            )
+        self.options = options
+        self.teacher = teacher
+        self._test_data = test_data  # kept out of the module state: only for extra_results
+
+    @classmethod
+    def from_config(cls, options: dict, ctx: BuildContext) -> "KD":
+        opts = parse_options(KDOptions, options, "kd")
+        if ctx.multilabel:
+            raise SSKTError("method kd is for single-label tasks (softmax KL); for multi-label use method sskt")
+        teacher = build_source(source_config({"name": "teacher", **opts.teacher}), ctx.in_chans)
+        return cls(ctx.build_target(), teacher, opts, ctx.test_data)
+
+    def frozen_modules(self) -> list[nn.Module]:
+        return [self.teacher]
+
+    def training_step(self, batch: dict[str, Tensor]) -> StepOutput:
+        images = batch["image"]
+        with torch.no_grad():
+            teacher_logits = self.teacher(images)  # same augmented view as the student
+        logits = self.target(images)
+        hard, soft = distillation_loss(logits, teacher_logits, batch["target"], self.options.temperature,
+                                       self.options.alpha)
+        return StepOutput(logits, {"target": hard, "kd": soft})
+
+    def extra_results(self) -> dict[str, Any]:
+        if not self.options.evaluate_teacher or self._test_data is None:
+            return {}
+        data = self._test_data
+        key = (self.teacher.fingerprint, self.teacher.input_size, self.teacher.input_scale, len(data),
+               int(data.targets.sum()), int(data.images[:64].float().sum()))
+        if key not in _TEACHER_ACC_CACHE:
+            _TEACHER_ACC_CACHE[key] = evaluate_on_test(self.teacher, data)  # type: ignore[assignment]
+        return {"teacher_acc": _TEACHER_ACC_CACHE[key]}
