@@ -96,3 +96,52 @@ def test_digits_splits_are_disjoint():
 def test_missing_root_message(tmp_path):
     with pytest.raises(SSKTError, match="does not exist; fix data.root"):
         load_data(DataConfig(dataset="imagefolder", root=str(tmp_path / "nope")))
+
+
+def _fake_cifar10(tmp_path):
+    import pickle
+
+    base = tmp_path / "cifar-10-batches-py"
+    base.mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 255, (20, 3072), dtype=np.uint8)
+        with open(base / name, "wb") as fh:
+            pickle.dump({"data": data, "labels": [i % 10 for i in range(20)]}, fh)
+    with open(base / "batches.meta", "wb") as fh:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, fh)
+    return base
+
+
+def test_cifar10_python_layout_and_missing_files(tmp_path):
+    import pickle
+
+    base = _fake_cifar10(tmp_path)
+    splits = load_data(DataConfig(dataset="cifar10", root=str(tmp_path), per_class=3))
+    assert splits.train.images.shape == (30, 3, 32, 32) and splits.test.images.shape == (20, 3, 32, 32)
+    assert splits.classes[0] == "c0"
+    with open(base / "data_batch_1", "rb") as fh:
+        first = pickle.load(fh)["data"][0].reshape(3, 32, 32)
+    full = load_data(DataConfig(dataset="cifar10", root=str(tmp_path)))
+    assert np.array_equal(full.train.images[0].numpy(), first)  # channel-first, row-major like torchvision
+    (base / "test_batch").unlink()
+    with pytest.raises(SSKTError, match="test_batch not found"):
+        load_data(DataConfig(dataset="cifar10", root=str(tmp_path)))
+
+
+def test_download_only_behind_the_flag(tmp_path, monkeypatch):
+    import torchvision
+
+    calls = []
+
+    class FakeCIFAR10:  # stands in for the network: "downloads" by writing the files locally
+        def __init__(self, root, download=False, train=True):
+            calls.append((download, train))
+            _fake_cifar10(tmp_path)
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
+    with pytest.raises(SSKTError, match="data.download: true"):
+        load_data(DataConfig(dataset="cifar10", root=str(tmp_path)))
+    assert calls == []  # never fetched without the flag
+    splits = load_data(DataConfig(dataset="cifar10", root=str(tmp_path), download=True))
+    assert calls == [(True, True), (True, False)] and len(splits.train) == 100

@@ -106,32 +106,75 @@ def _shape(x: Tensor, cfg: DataConfig) -> Tensor:
     return x
 
 
-def _torchvision_dataset(cls_name: str, label_attr: str) -> DatasetBuilder:
-    def build(cfg: DataConfig) -> ImageSplits:
-        import torchvision
+def _download(cfg: DataConfig, cls_name: str, root: Path) -> None:
+    """Fetch a torchvision dataset into ``root``; only ever called when ``data.download`` is true."""
+    import torchvision
 
+    cls = getattr(torchvision.datasets, cls_name)
+    for kwargs in ({"split": "train"}, {"split": "test"}) if cls_name == "STL10" else ({"train": True}, {"train": False}):
+        cls(str(root), download=True, **kwargs)
+
+
+def _unpickle(path: Path) -> dict:
+    import pickle
+
+    if not path.is_file():
+        raise SSKTError(f"{path} not found; point data.root at the folder holding {path.parent.name}/ "
+                        f"(or set data.download: true on a machine that is online)")
+    with open(path, "rb") as fh:
+        return pickle.load(fh, encoding="latin1")
+
+
+def _cifar(folder: str, train_files: list[str], test_file: str, label_key: str, meta: tuple[str, str]) -> DatasetBuilder:
+    """CIFAR-10/100 in torchvision's (python pickle) layout: ``root/<folder>/data_batch_*`` etc."""
+
+    def build(cfg: DataConfig) -> ImageSplits:
         root = _require_root(cfg)
-        cls = getattr(torchvision.datasets, cls_name)
-        splits = []
+        if cfg.download:
+            _download(cfg, "CIFAR10" if folder.startswith("cifar-10-") else "CIFAR100", root)
+        base = root / folder
+
+        def read(files: list[str]) -> tuple[Tensor, Tensor]:
+            parts = [_unpickle(base / f) for f in files]
+            x = np.concatenate([p["data"] for p in parts]).reshape(-1, 3, 32, 32)
+            y = np.concatenate([np.asarray(p[label_key]) for p in parts])
+            return torch.from_numpy(x.copy()), torch.from_numpy(y)
+
+        splits = {"train": train_files, "test": [test_file]}
         for split in (cfg.train_split, cfg.test_split):
-            kwargs = {"split": split} if cls_name == "STL10" else {"train": split == "train"}
-            try:
-                ds = cls(str(root), download=cfg.download, **kwargs)
-            except RuntimeError as err:
-                raise SSKTError(f"{cls_name} not found under {root} ({err}); point data.root at the folder "
-                                f"holding it, or set data.download: true on a machine that is online") from None
-            x = torch.from_numpy(np.asarray(ds.data))
-            x = x if cls_name == "STL10" else x.permute(0, 3, 1, 2)
-            splits += [x.contiguous(), torch.as_tensor(np.asarray(getattr(ds, label_attr)))]
-        classes = list(getattr(ds, "classes", [str(i) for i in range(int(splits[1].max()) + 1)]))
-        return _finish(cfg, *splits, classes)
+            if split not in splits:
+                raise SSKTError(f"{folder} has splits train and test, not {split!r}")
+        classes = list(_unpickle(base / meta[0])[meta[1]])
+        return _finish(cfg, *read(splits[cfg.train_split]), *read(splits[cfg.test_split]), classes)
 
     return build
 
 
-DATASETS.register("cifar10")(_torchvision_dataset("CIFAR10", "targets"))
-DATASETS.register("cifar100")(_torchvision_dataset("CIFAR100", "targets"))
-DATASETS.register("stl10")(_torchvision_dataset("STL10", "labels"))
+DATASETS.register("cifar10")(_cifar("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch",
+                                    "labels", ("batches.meta", "label_names")))
+DATASETS.register("cifar100")(_cifar("cifar-100-python", ["train"], "test", "fine_labels", ("meta", "fine_label_names")))
+
+
+@DATASETS.register("stl10")
+def stl10(cfg: DataConfig) -> ImageSplits:
+    """STL-10's labelled splits in the binary layout (``root/stl10_binary/{train,test}_{X,y}.bin``)."""
+    root = _require_root(cfg)
+    if cfg.download:
+        _download(cfg, "STL10", root)
+    base = root / "stl10_binary"
+
+    def read(split: str) -> tuple[Tensor, Tensor]:
+        xf, yf = base / f"{split}_X.bin", base / f"{split}_y.bin"
+        for f in (xf, yf):
+            if not f.is_file():
+                raise SSKTError(f"{f} not found; point data.root at the folder holding stl10_binary/")
+        x = np.fromfile(xf, dtype=np.uint8).reshape(-1, 3, 96, 96).transpose(0, 1, 3, 2)  # stored column-major
+        y = np.fromfile(yf, dtype=np.uint8).astype(np.int64) - 1  # labels are 1..10 on disk
+        return torch.from_numpy(x.copy()), torch.from_numpy(y)
+
+    names = (base / "class_names.txt").read_text().split() if (base / "class_names.txt").is_file() else \
+        [str(i) for i in range(10)]
+    return _finish(cfg, *read(cfg.train_split), *read(cfg.test_split), names)
 
 
 def read_idx(path: Path) -> Tensor:
