@@ -95,3 +95,40 @@ def clip_source_logits(
     if frames is None:
         return source(centre_frame(clips))
     return average_frame_outputs(source(sample_frames(clips, frames)), frames, mode)
+
+
+def frames_for_source(clips: Tensor, spec: str) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+    """The frames a 2D source sees of (B, C, T, H, W) clips, and how to fold its logits per clip.
+
+    Args:
+        clips: (B, C, T, H, W) clips (float in [0, 1] in sskt; the source normalises them itself).
+        spec: a source's ``frames`` setting: ``centre`` (or ``center``) for frame ``T // 2``, as the
+            SSKT 3D code does; ``mean<N>`` (e.g. ``mean4``) for N evenly spaced frames whose logits
+            are averaged per clip; ``mean`` for all T frames averaged.
+
+    Returns:
+        ``(frames, regroup)``: frames (B, C, H, W) or (B * N, C, H, W), and a function mapping the
+        source's logits on them to (B, K) logits, one row per clip.
+
+    Example:
+        >>> x, regroup = frames_for_source(torch.rand(2, 3, 8, 4, 4), "mean4")
+        >>> x.shape, regroup(torch.zeros(8, 10)).shape
+        (torch.Size([8, 3, 4, 4]), torch.Size([2, 10]))
+    """
+    from sskt.errors import SSKTError
+
+    if clips.ndim != 5:
+        raise SSKTError(f"2D sources on clips need (B, C, T, H, W) input, got shape {tuple(clips.shape)}")
+    t = clips.shape[2]
+    key = spec.strip().lower()
+    if key in ("centre", "center"):
+        return centre_frame(clips), lambda z: z
+    if key.startswith("mean"):
+        rest = key[len("mean"):]
+        if rest and not rest.isdigit():
+            raise SSKTError(f"source frames {spec!r}: use 'centre', 'mean' or 'mean<N>' (e.g. mean4)")
+        n = int(rest) if rest else t
+        if not 1 <= n <= t:
+            raise SSKTError(f"source frames {spec!r}: N must be between 1 and the clip length {t}")
+        return sample_frames(clips, n), lambda z: average_frame_outputs(z, n)
+    raise SSKTError(f"source frames {spec!r}: use 'centre', 'mean' or 'mean<N>' (e.g. mean4)")
