@@ -151,3 +151,36 @@ def create_video_model(name: str, num_classes: int, shortcut: str = "A") -> nn.M
     if name not in VIDEO_MODELS:
         raise SSKTError(f"unknown video model {name!r}; known: {', '.join(sorted(VIDEO_MODELS))}")
     return VIDEO_MODELS[name](num_classes, shortcut)
+
+
+# ----------------------------------------------------------------------------- registry entries
+
+# Kinetics-400 statistics (torchvision's video models); set target.mean/std for other checkpoints
+# (Hara et al.'s Kinetics models were trained with mean (114.8, 107.7, 99.5)/255 and std 1).
+KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
+KINETICS_STD = (0.22803, 0.22145, 0.216989)
+
+
+def _register() -> None:
+    """Add the 3D targets to the model registry (stages layer1..layer4, classifier fc, 112 px)."""
+    from sskt.models.factory import MODELS, ModelSpec
+
+    def build(name: str, shortcut: str) -> Callable[[int, int], nn.Module]:
+        def make(num_classes: int, in_chans: int) -> nn.Module:
+            if name.startswith("resnet3d"):
+                depth = (2, 2, 2, 2) if name == "resnet3d_18" else (3, 4, 6, 3)
+                return ResNet3d(depth, num_classes, shortcut, in_chans)
+            if in_chans != 3:
+                raise SSKTError(f"{name} takes 3-channel clips; set data.grayscale_to_rgb: true")
+            return VIDEO_MODELS[name](num_classes)
+
+        return make
+
+    variants = [(n, n, "A") for n in VIDEO_MODELS] + [(f"{n}b", n, "B") for n in ("resnet3d_18", "resnet3d_34")]
+    for reg_name, name, shortcut in variants:
+        MODELS.register(reg_name)(ModelSpec(build=build(name, shortcut), stages=("layer1", "layer2", "layer3", "layer4"),
+                                            input_size=112, mean=KINETICS_MEAN, std=KINETICS_STD,
+                                            extra={"video": True}))
+
+
+_register()
