@@ -12,7 +12,7 @@ logits or probabilities: AP only depends on the ranking and sigmoid is monotonic
 """
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Any, Literal, Union
 
 import numpy as np
 import torch
@@ -119,3 +119,41 @@ def samplewise_ap_legacy(
     else:
         aps = aps[~np.isnan(aps)]
     return float(aps.mean()) if aps.size else float("nan")
+
+
+def _metric_base() -> type:
+    import torchmetrics  # imported lazily: the functions above need only numpy
+
+    return torchmetrics.Metric
+
+
+class MultilabelMAP(_metric_base()):  # type: ignore[misc]
+    """Accumulates (scores, targets, ignore) over an evaluation and computes :func:`classwise_map`
+    and :func:`samplewise_ap_legacy` on the whole set (gathered across processes under DDP).
+
+    Example:
+        >>> m = MultilabelMAP()
+        >>> m.update(torch.tensor([[0.9, 0.1], [0.2, 0.8]]), torch.tensor([[1., 0.], [0., 1.]]))
+        >>> round(m.compute()["map"], 3)
+        1.0
+    """
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("scores", default=[], dist_reduce_fx="cat")
+        self.add_state("targets", default=[], dist_reduce_fx="cat")
+        self.add_state("ignore", default=[], dist_reduce_fx="cat")
+
+    def update(self, scores: Tensor, targets: Tensor, ignore: Tensor | None = None) -> None:  # type: ignore[override]
+        self.scores.append(scores.detach().float())
+        self.targets.append(targets.detach().float())
+        self.ignore.append(torch.zeros_like(targets, dtype=torch.bool) if ignore is None else ignore.detach().bool())
+
+    def compute(self) -> dict[str, Any]:  # type: ignore[override]
+        """``{"map": float, "per_class": (L,) tensor, "legacy_samplewise_ap": float}``, all in [0, 1]."""
+        cat = lambda xs: torch.cat(xs) if isinstance(xs, list) else xs  # noqa: E731  (lists before sync)
+        scores, targets, ignore = cat(self.scores), cat(self.targets), cat(self.ignore)
+        mean, per_class = classwise_map(scores, targets, ignore)
+        return {"map": mean, "per_class": per_class, "legacy_samplewise_ap": samplewise_ap_legacy(scores, targets)}

@@ -13,11 +13,16 @@ from torch import Tensor
 from sskt.data.augment import BatchAugment, to_float
 from sskt.errors import SSKTError
 from sskt.methods.base import Method
+from sskt.metrics import MultilabelMAP
 
 
 class MethodModule(L.LightningModule):
     """Owns the loop's plumbing so a method holds only its maths: augmentation, optimiser and
     schedule, metrics (top-1 or mAP), per-loss logging, the NaN guard, and the per-epoch history.
+
+    Multi-label tasks report the standard per-class mAP (``test/map``: one AP per class over the whole
+    test set, entries in the batch's ``ignore`` mask left out, then the mean), each class's AP
+    (``test/ap/<class>``) and the SSKT code's per-image AP as ``test/legacy_samplewise_ap`` (not mAP).
 
     Frozen modules (sources, teachers) are left out of checkpoints; they are rebuilt from their
     own files when a run resumes.
@@ -25,19 +30,21 @@ class MethodModule(L.LightningModule):
 
     def __init__(self, method: Method, train_cfg: Any, crop_padding: int = 4, flip: bool = True,
                  num_classes: int = 10, multilabel: bool = False, seed: int = 0,
-                 config: dict | None = None) -> None:
+                 config: dict | None = None, classes: list[str] | None = None) -> None:
         super().__init__()
         self.config = config or {}  # stored in checkpoints so evaluate/export can rebuild the run
         self.method = method
         self.train_cfg = train_cfg
         self.crop_padding, self.flip, self.seed = crop_padding, flip, seed
         self.multilabel = multilabel
+        self.classes = list(classes) if classes else [str(i) for i in range(num_classes)]
         self.automatic_optimization = method.automatic_optimization
         self.strict_loading = False  # frozen modules are not in the checkpoint
         if multilabel:
-            self.metric = torchmetrics.classification.MultilabelAveragePrecision(num_labels=num_classes, average="macro")
+            self.metric = MultilabelMAP()
         else:
-            self.metric = torchmetrics.classification.MulticlassAccuracy(num_classes=num_classes, average="micro")
+            self.metric = torchmetrics.classification.MulticlassAccuracy(
+                num_classes=method.eval_num_classes or num_classes, average="micro")
         self.history: list[dict[str, float]] = []
         self.train_seconds = 0.0  # time in training steps only (no evaluation), summed over resumes
         self._step_start = 0.0
@@ -81,7 +88,8 @@ class MethodModule(L.LightningModule):
         for name, value in out.losses.items():
             self.log(f"train/{name}", value.detach(), on_step=True, on_epoch=True, batch_size=bs)
         if not self.multilabel:
-            acc = (out.logits.detach().argmax(1) == batch["target"]).float().mean()
+            labels = batch["target"] if out.targets is None else out.targets  # pretext / pseudo-labels
+            acc = (out.logits.detach().argmax(1) == labels).float().mean()
             self.log("train/acc", acc, on_step=False, on_epoch=True, batch_size=bs)
         return loss
 
@@ -94,22 +102,33 @@ class MethodModule(L.LightningModule):
             )
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        logits = self.method(to_float(batch["image"]))
-        target = batch["target"]
+        logits, target = self.method.evaluation_batch({**batch, "image": to_float(batch["image"])})
         if self.multilabel:
-            self.metric.update(logits.float(), target.long())
-            loss = F.binary_cross_entropy_with_logits(logits.float(), target.float())
+            ignore = batch.get("ignore")
+            self.metric.update(logits.float(), target, ignore)
+            weight = None if ignore is None else (~ignore.bool()).float()
+            loss = F.binary_cross_entropy_with_logits(logits.float(), target.float(), weight=weight)
         else:
             self.metric.update(logits.float(), target)
             loss = F.cross_entropy(logits.float(), target)
         self.log("test/loss", loss, on_epoch=True, batch_size=logits.shape[0], sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
-        value = float(self.metric.compute()) * 100.0
+        extra: dict[str, float] = {}
+        if self.multilabel:
+            result = self.metric.compute()  # already gathered over processes: no sync_dist needed
+            value = result["map"] * 100.0
+            extra["test_legacy_samplewise_ap"] = result["legacy_samplewise_ap"] * 100.0
+            self.log("test/legacy_samplewise_ap", extra["test_legacy_samplewise_ap"])
+            for name, ap in zip(self.classes, result["per_class"].tolist()):
+                if ap == ap:  # a class without positives has AP NaN: not logged
+                    self.log(f"test/ap/{name}", ap * 100.0)
+        else:
+            value = float(self.metric.compute()) * 100.0
         self.metric.reset()
-        self.log(f"test/{self.metric_name}", value, sync_dist=True)
+        self.log(f"test/{self.metric_name}", value, sync_dist=not self.multilabel)
         if not self.trainer.sanity_checking:
-            entry = {"epoch": self.current_epoch, f"test_{self.metric_name}": value,
+            entry = {"epoch": self.current_epoch, f"test_{self.metric_name}": value, **extra,
                      "train_seconds": round(self.train_seconds, 2)}
             if self._loss_count:
                 entry["train_loss"] = self._loss_sum / self._loss_count

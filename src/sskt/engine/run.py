@@ -131,7 +131,7 @@ def fit(cfg: ExperimentConfig, callbacks: Sequence[L.Callback] = ()) -> RunResul
     splits = load_data(cfg.data)
     method = build_method(cfg.method, build_context(cfg, splits))
     module = MethodModule(method, cfg.train, cfg.data.crop_padding, cfg.data.flip, splits.num_classes,
-                          splits.multilabel, cfg.seed, cfg.to_dict())
+                          splits.multilabel, cfg.seed, cfg.to_dict(), splits.classes)
     train_loader, test_loader = loaders(cfg, splits)
     trainer = make_trainer(cfg, out_dir, callbacks)
     last = out_dir / "checkpoints" / "last.ckpt"
@@ -183,24 +183,22 @@ def load_trained(checkpoint: str | os.PathLike, overrides: Sequence[str] = ()) -
 @torch.no_grad()
 def evaluate_model(model: torch.nn.Module, data: ImageTensorDataset, multilabel: bool = False,
                    batch_size: int = 512) -> float:
-    """Top-1 accuracy (%) or macro mAP (%) of ``model`` (images in [0, 1] -> logits) on ``data``."""
-    import torchmetrics
-
+    """Top-1 accuracy (%) or per-class mAP (%, ignore mask applied; :func:`sskt.metrics.classwise_map`)
+    of ``model`` (images in [0, 1] -> logits) on ``data``."""
     from sskt.data.augment import to_float
+    from sskt.metrics import MultilabelMAP
 
     model.eval()
-    n = data.targets.shape[1] if multilabel else int(data.targets.max()) + 1
-    metric = (torchmetrics.classification.MultilabelAveragePrecision(num_labels=n, average="macro") if multilabel
-              else None)
+    metric = MultilabelMAP() if multilabel else None
     correct = 0
     for start in range(0, len(data), batch_size):
         batch = data.__getitems__(range(start, min(start + batch_size, len(data))))
         logits = model(to_float(batch["image"])).float()
         if metric is not None:
-            metric.update(logits, batch["target"].long())
+            metric.update(logits, batch["target"], batch.get("ignore"))
         else:
             correct += int((logits.argmax(1) == batch["target"]).sum())
-    return float(metric.compute()) * 100 if metric is not None else 100.0 * correct / len(data)
+    return metric.compute()["map"] * 100 if metric is not None else 100.0 * correct / len(data)
 
 
 def evaluate(checkpoint: str | os.PathLike, overrides: Sequence[str] = ()) -> dict[str, Any]:
