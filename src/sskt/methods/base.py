@@ -62,10 +62,15 @@ class BuildContext:
 
 @dataclass
 class StepOutput:
-    """A training step's main-head logits and its named losses (the total is their sum)."""
+    """A training step's main-head logits and its named losses (the total is their sum).
+
+    ``targets``: the labels ``logits`` are scored against in ``train/acc`` when they are not the
+    batch's own (pretext tasks, pseudo-labels); None means ``batch["target"]``.
+    """
 
     logits: Tensor
     losses: dict[str, Tensor]
+    targets: Tensor | None = None
 
 
 OptionsT = TypeVar("OptionsT")
@@ -93,6 +98,8 @@ class Method(nn.Module):
 
     name: ClassVar[str] = ""
     automatic_optimization: ClassVar[bool] = True
+    # Classes of what evaluation_batch scores, when not the dataset's (pretext tasks, k clusters).
+    eval_num_classes: int | None = None
 
     def __init__(self, target: TargetNetwork) -> None:
         super().__init__()
@@ -108,6 +115,14 @@ class Method(nn.Module):
 
     def training_step(self, batch: dict[str, Tensor]) -> StepOutput:
         raise NotImplementedError(f"{type(self).__name__} must implement training_step")
+
+    def evaluation_batch(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """(logits, labels) the engine scores on an evaluation batch (``image`` float in [0, 1]).
+
+        By default the main head on the batch's labels; a method whose task is not the labels'
+        (a pretext task, cluster pseudo-labels) returns its own task's logits and labels.
+        """
+        return self(batch["image"]), batch["target"]
 
     def manual_step(self, batch: dict[str, Tensor], module: Any) -> StepOutput:
         """For methods with ``automatic_optimization = False``: do the updates, return what to log."""
