@@ -80,14 +80,26 @@ def run_pretrain(args: argparse.Namespace) -> int:
 
 def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="a training checkpoint (out_dir/checkpoints/last.ckpt)")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.root=/other/path")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.root=/other/path data.per_class=100")
+    p.add_argument("--protocol", choices=("main", "linear", "knn", "finetune"), default="main",
+                   help="main: the main head on the test split (default); linear / knn: a probe on the frozen "
+                        "features of each stage; finetune: train the whole target on the labelled data")
+    p.add_argument("--layers", nargs="+", default=None, help="stages to probe (default: the target's stages)")
+    p.add_argument("--spatial", type=int, default=None, help="pool stage maps to SxS before probing (default 1x1)")
+    p.add_argument("--knn-k", type=int, default=20, help="neighbours of the k-NN protocol")
 
 
-@command("evaluate", "score a training checkpoint's main head on its test split", _evaluate_args)
+@command("evaluate", "score a training checkpoint: main head, or linear / k-NN probes, or fine-tuning", _evaluate_args)
 def run_evaluate(args: argparse.Namespace) -> int:
     from sskt.engine.run import evaluate
+    from sskt.evaluation.protocols import finetune_checkpoint, probe_checkpoint
 
-    print(json.dumps(evaluate(args.checkpoint, args.overrides), indent=2))
+    def probe(protocol: str):
+        return lambda ckpt, overrides: probe_checkpoint(ckpt, protocol, overrides, args.layers, args.spatial,
+                                                        args.knn_k)
+
+    protocols = {"main": evaluate, "linear": probe("linear"), "knn": probe("knn"), "finetune": finetune_checkpoint}
+    print(json.dumps(protocols[args.protocol](args.checkpoint, args.overrides), indent=2))
     return 0
 
 

@@ -1,0 +1,75 @@
+"""Evaluation protocols of a training checkpoint's target: per-stage linear probe, k-NN, fine-tuning.
+
+The labelled data is the checkpoint's own ``data`` section with the user's overrides applied, e.g.
+``data.per_class=100`` for a small labelled subset of a run that was trained without labels.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from sskt.errors import SSKTError
+
+
+def _labelled(raw_cfg: dict, overrides: Sequence[str]):
+    from sskt.config import ExperimentConfig
+    from sskt.data.datasets import load_data
+
+    cfg = ExperimentConfig.from_dict(raw_cfg).with_overrides(overrides)
+    splits = load_data(cfg.data)
+    if splits.multilabel:
+        raise SSKTError("linear/knn/finetune protocols score single-label tasks; this dataset is multi-label")
+    return cfg, splits
+
+
+def probe_checkpoint(checkpoint: str | os.PathLike, protocol: str, overrides: Sequence[str] = (),
+                     layers: Sequence[str] | None = None, spatial: int | None = None, knn_k: int = 20,
+                     weight_decay: float = 1e-4) -> dict[str, Any]:
+    """Linear-probe (``protocol="linear"``) or weighted k-NN (``"knn"``) top-1 (%) of every stage of a
+    checkpoint's frozen target, fitted on the train split and scored on the test split."""
+    from sskt.cluster.teacher import load_target
+    from sskt.evaluation.probes import probe_layers
+
+    started = time.perf_counter()
+    raw, target = load_target(checkpoint)
+    cfg, splits = _labelled(raw, overrides)
+    names = list(layers or target.stage_names)
+    modules = dict(target.model.named_modules())
+    unknown = [n for n in names if n not in modules]
+    if unknown:
+        raise SSKTError(f"{target.arch} has no stage(s) {unknown}; its stages: {target.stage_names}")
+    scores = probe_layers(target, [f"model.{n}" for n in names], splits.train.images, splits.train.targets,
+                          splits.test.images, splits.test.targets, spatial=spatial, linear=protocol == "linear",
+                          knn=protocol == "knn", k=knn_k, weight_decay=weight_decay,
+                          batch_size=cfg.train.eval_batch_size)
+    key = "linear_top1" if protocol == "linear" else "knn_top1"
+    per_layer = {n: {"top1": round(100.0 * scores[f"model.{n}"][key], 2), "dim": int(scores[f"model.{n}"]["dim"])}
+                 for n in names}
+    return {"checkpoint": str(checkpoint), "protocol": protocol, "metric": "acc", "layers": per_layer,
+            "best_layer": max(per_layer, key=lambda n: per_layer[n]["top1"]),
+            "value": max(v["top1"] for v in per_layer.values()), "train_images": len(splits.train),
+            "test_images": len(splits.test), "spatial": spatial, "knn_k": knn_k if protocol == "knn" else None,
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+def finetune_checkpoint(checkpoint: str | os.PathLike, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Train the checkpoint's target, every layer, on the labelled task (method ``scratch`` started from
+    its weights; a new classifier when the label spaces differ). Writes a run under
+    ``<run>/finetune`` unless ``out_dir=...`` is overridden."""
+    from sskt.cluster.teacher import load_target
+    from sskt.config import ExperimentConfig, apply_overrides
+    from sskt.engine.run import fit
+
+    raw, target = load_target(checkpoint)
+    run_dir = Path(checkpoint).resolve().parent.parent
+    init = run_dir / "finetune_init_target.pt"
+    target.save(init)
+    base = {**raw, "name": f"{raw.get('name', 'run')}-finetune", "out_dir": str(run_dir / "finetune"),
+            "method": {"name": "scratch"}, "target": {**raw.get("target", {}), "checkpoint": str(init)}}
+    cfg = ExperimentConfig.from_dict(apply_overrides(base, list(overrides)))
+    result = fit(cfg)
+    return {"checkpoint": str(checkpoint), "protocol": "finetune", "metric": result.metric, "value": result.final,
+            "best": result.best, "out_dir": str(result.out_dir), "train_images": result.record["train_images"],
+            "test_images": result.record["test_images"]}

@@ -1,0 +1,108 @@
+"""Cluster-based knowledge transfer (Noroozi et al. 2018): train the target on a teacher's k-means ids.
+
+The teacher (a network file at a layer, or HOG) is clustered once before training (cached on disk);
+then the target, of any architecture, is trained from scratch with cross-entropy on the cluster ids
+of its training images (k classes). Dataset labels are not used for training; when present they only
+give the clusters' NMI. Evaluation scores the pseudo-label task: the nearest-centroid cluster of
+each test image.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from sskt.errors import SSKTError
+from sskt.methods.base import METHODS, BuildContext, Method, StepOutput, parse_options
+from sskt.models.target import TargetNetwork
+
+
+@dataclass
+class ClusterTransferOptions:
+    """``teacher``: ``hog``, a training checkpoint, an sskt model file, or a plain state_dict (then
+    ``arch``). ``layer``: a module of the teacher network (``layer3``; default: the pooled input of its
+    classifier); ``spatial``: pool maps to s x s instead of 1 x 1. ``k``: clusters; ``pca_dim``: PCA-whiten
+    to this many dimensions (after L2, then L2 again). ``hog_cell``: HOG cell size in px (4 for 8 px
+    images). ``cache_dir``: where features and assignments are cached (default
+    ``$SSKT_CACHE_DIR/clusters``)."""
+
+    teacher: str = ""
+    arch: str | None = None
+    layer: str | None = None
+    spatial: int | None = None
+    k: int = 100
+    pca_dim: int | None = None
+    seed: int = 0
+    niter: int = 50
+    hog_cell: int = 8
+    cache_dir: str | None = None
+    trust_pickle: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.teacher:
+            raise SSKTError("method cluster-transfer needs method.teacher (hog or a model/checkpoint file)")
+        if self.k < 2:
+            raise SSKTError(f"k must be >= 2, got {self.k}")
+
+    def teacher_spec(self) -> dict[str, Any]:
+        """How to rebuild the teacher (stored with the centroids for the ``clustered`` source)."""
+        return {"teacher": self.teacher, "arch": self.arch, "layer": self.layer, "spatial": self.spatial,
+                "hog_cell": self.hog_cell}
+
+
+def cluster_for(opts: ClusterTransferOptions, ctx: BuildContext, in_chans: int):
+    """Cluster ``ctx``'s training images (and assign its test images) with the options' teacher."""
+    from sskt.cluster.pipeline import cluster_images, default_cache_dir
+    from sskt.cluster.teacher import load_teacher
+
+    if ctx.train_data is None:
+        raise SSKTError("cluster-transfer needs the training images")
+    if opts.k > len(ctx.train_data):
+        raise SSKTError(f"k={opts.k} is more than the {len(ctx.train_data)} training images; lower method.k")
+    teacher = load_teacher(opts.teacher, opts.arch, opts.layer, opts.spatial, in_chans, opts.trust_pickle,
+                           opts.hog_cell)
+    test = ctx.test_data
+    labelled = not ctx.multilabel
+    return cluster_images(
+        teacher, ctx.train_data.images, opts.k, test.images if test is not None else None,
+        ctx.train_data.targets if labelled else None, test.targets if (labelled and test is not None) else None,
+        opts.pca_dim, opts.seed, opts.niter, opts.cache_dir or default_cache_dir())
+
+
+@METHODS.register("cluster-transfer")
+class ClusterTransfer(Method):
+    """The target (k outputs) learns the teacher's cluster id of each training image."""
+
+    name = "cluster-transfer"
+
+    def __init__(self, target: TargetNetwork, train_labels: Tensor, test_labels: Tensor | None,
+                 summary: dict[str, Any] | None = None) -> None:
+        super().__init__(target)
+        # Not persistent: rebuilt (from the cache) with the method, never stored in checkpoints.
+        self.register_buffer("pseudo_train", train_labels.long(), persistent=False)
+        self.register_buffer("pseudo_test", test_labels.long() if test_labels is not None else None,
+                             persistent=False)
+        self.eval_num_classes = target.num_classes
+        self.summary = summary or {}
+
+    @classmethod
+    def from_config(cls, options: dict, ctx: BuildContext) -> "ClusterTransfer":
+        opts = parse_options(ClusterTransferOptions, options, "cluster-transfer")
+        clustering = cluster_for(opts, ctx, ctx.in_chans)
+        summary = {"teacher": opts.teacher_spec(), "k": opts.k, **clustering.summary()}
+        return cls(ctx.build_target(num_classes=opts.k), clustering.train_labels, clustering.test_labels, summary)
+
+    def training_step(self, batch: dict[str, Tensor]) -> StepOutput:
+        labels = self.pseudo_train[batch["index"]]
+        logits = self.target(batch["image"])
+        return StepOutput(logits, {"cluster": F.cross_entropy(logits, labels)}, targets=labels)
+
+    def evaluation_batch(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        if self.pseudo_test is None:
+            raise SSKTError("cluster-transfer has no test pseudo-labels to evaluate")
+        return self.target(batch["image"]), self.pseudo_test[batch["index"]]
+
+    def extra_results(self) -> dict[str, Any]:
+        return {"clusters": self.summary}

@@ -1,0 +1,132 @@
+"""Source kind ``clustered``: a k-means-clustered teacher (network or HOG) as an SSKT source.
+
+Its logits are negative squared distances of the teacher's (L2-normalised, optionally whitened)
+features to the k centroids, divided by ``options.temperature``; SSKT's per-source temperature then
+applies on top, so with ``temperature: 1`` on the source the soft label is exactly
+``softmax(-||f - c_j||^2 / options.temperature)``. A self-supervised network or HOG can then join
+ImageNet-style classifier sources in one SSKT run.
+
+Config (``kind: clustered``; the centroids come from a file or are fitted here)::
+
+    - name: hog
+      kind: clustered
+      temperature: 1
+      options:
+        centroids: runs/ct-hog/centroids.pt      # written by `sskt cluster-transfer` (knows its teacher)
+    - name: rot
+      kind: clustered
+      temperature: 1
+      options:
+        teacher: runs/rot32/checkpoints/last.ckpt  # or hog, target.pt, a state_dict (+ arch)
+        layer: layer3
+        k: 100
+        data: {dataset: imagefolder, root: /data/cifar10-jpeg}   # images to fit k-means on (train split)
+        temperature: 0.1
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from sskt.errors import SSKTError
+from sskt.sources.source import SOURCES, Source, SourceConfig
+
+
+@dataclass
+class ClusteredOptions:
+    """``options`` of a ``clustered`` source (see the module docstring)."""
+
+    centroids: str | None = None
+    teacher: str | None = None
+    arch: str | None = None
+    layer: str | None = None
+    spatial: int | None = None
+    hog_cell: int = 8
+    k: int | None = None
+    data: dict = field(default_factory=dict)
+    pca_dim: int | None = None
+    seed: int = 0
+    niter: int = 50
+    temperature: float = 0.1
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise SSKTError(f"clustered source: options.temperature must be > 0, got {self.temperature}")
+        if self.centroids is None and (self.teacher is None or self.k is None or not self.data):
+            raise SSKTError("clustered source: give options.centroids (a file), or options.teacher, k and data")
+
+
+class ClusterHead(nn.Module):
+    """teacher features -> projection -> -squared distance to each centroid / temperature."""
+
+    def __init__(self, teacher: nn.Module, centroids: Tensor, projection: Any, temperature: float) -> None:
+        super().__init__()
+        self.teacher = teacher
+        self.projection = projection
+        self.temperature = temperature
+        self.register_buffer("centroids", centroids.float())
+
+    def forward(self, images: Tensor) -> Tensor:
+        from sskt.cluster.kmeans import centroid_logits
+
+        # Distances of nearly equal unit vectors need fp32: never under the bank's bf16 autocast.
+        with torch.autocast(device_type=images.device.type, enabled=False):
+            f = self.projection(self.teacher(images.float()).float())
+            return centroid_logits(f, self.centroids) / self.temperature
+
+
+def _options(cfg: SourceConfig) -> ClusteredOptions:
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(ClusteredOptions)}
+    unknown = sorted(set(cfg.options) - known)
+    if unknown:
+        raise SSKTError(f"source {cfg.name!r}: unknown option(s) {unknown}; known: {sorted(known)}")
+    return ClusteredOptions(**cfg.options)
+
+
+@SOURCES.register("clustered")
+def build_clustered_source(cfg: SourceConfig, in_chans: int = 3) -> Source:
+    """A :class:`Source` whose k "classes" are the clusters of a teacher's features."""
+    from sskt.cluster.pipeline import Projection, cluster_images, default_cache_dir
+    from sskt.cluster.teacher import load_teacher
+    from sskt.sources.loading import file_digest
+
+    opts = _options(cfg)
+    spec: dict[str, Any] = {"teacher": opts.teacher, "arch": opts.arch, "layer": opts.layer,
+                            "spatial": opts.spatial, "hog_cell": opts.hog_cell}
+    if opts.centroids is not None:
+        path = Path(opts.centroids)
+        if not path.is_file():
+            raise SSKTError(f"source {cfg.name!r}: centroids file {path} not found")
+        saved = torch.load(path, weights_only=True)
+        if not isinstance(saved, dict) or saved.get("format") != "sskt-centroids-v1":
+            raise SSKTError(f"source {cfg.name!r}: {path} is not a centroids file from `sskt cluster-transfer`")
+        spec = {**saved["teacher"], **{k: v for k, v in spec.items() if v is not None and k != "hog_cell"}}
+        teacher = load_teacher(spec["teacher"], spec.get("arch"), spec.get("layer"), spec.get("spatial"), in_chans,
+                               cfg.trust_pickle, spec.get("hog_cell", 8))
+        centroids, projection = saved["centroids"], Projection.from_state(saved["projection"])
+        fingerprint = file_digest(path)[:16]
+    else:
+        from sskt.data.datasets import DataConfig, load_data
+
+        teacher = load_teacher(opts.teacher or "", opts.arch, opts.layer, opts.spatial, in_chans, cfg.trust_pickle,
+                               opts.hog_cell)
+        try:
+            data = DataConfig(**opts.data)
+        except TypeError as err:
+            raise SSKTError(f"source {cfg.name!r}: options.data: {err}") from None
+        images = load_data(data).train.images
+        clustering = cluster_images(teacher, images, int(opts.k or 0), pca_dim=opts.pca_dim, seed=opts.seed,
+                                    niter=opts.niter, cache_dir=opts.cache_dir or default_cache_dir())
+        centroids, projection = clustering.centroids, clustering.projection
+        fingerprint = f"{teacher.fingerprint}-k{opts.k}-{opts.pca_dim}-{opts.seed}"
+    head = ClusterHead(teacher, centroids, projection, opts.temperature)
+    zeros, ones = (0.0,) * in_chans, (1.0,) * in_chans  # the teacher normalises itself
+    return Source(cfg.name, head, int(centroids.shape[0]), cfg.input_size, cfg.input_scale, zeros, ones,
+                  cfg.bn_mode, cfg.frames, fingerprint=f"{fingerprint}-t{opts.temperature}")
