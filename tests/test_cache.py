@@ -181,3 +181,18 @@ def test_sskt_with_exact_cache_never_runs_sources(tmp_path):
     assert torch.equal(view, fixed)
     out = method.training_step({**batch, "image": x, "view": view})
     assert set(out.losses) == {"target", "aux/s"} and torch.isfinite(sum(out.losses.values()))
+
+
+def test_open_checks_stored_labels_against_live_sources(tmp_path, monkeypatch):
+    import sskt.sources.cache as cache_mod
+
+    bank = SourceBank([_source()], "fp32")
+    images, targets = _data()
+    _open(bank, images, targets, tmp_path)
+    # Simulate a key that misses a change: same key, different weights -> refused, not used.
+    monkeypatch.setattr(cache_mod, "source_fingerprint", lambda src, precision: {"constant": 1})
+    _open(bank, images, targets, tmp_path / "b")
+    with torch.no_grad():
+        bank.sources[0].network.linear.weight.mul_(-3.0)
+    with pytest.raises(SSKTError, match="disagrees with the live source"):
+        _open(bank, images, targets, tmp_path / "b")

@@ -69,6 +69,8 @@ class CacheSpec:
     ``dir``: where the files live (default ``$SSKT_CACHE_DIR/soft-labels``, else ``~/.cache/sskt/soft-labels``).
     ``seed``: seed of the stored views (part of the key). ``chunk``: images per resumable chunk.
     ``batch_size``: views per source forward while building.
+    ``verify``: on every open, this many stored (image, view) pairs are compared with the live
+    sources (0: off); a disagreement stops the run (a key that missed something would show here).
     """
 
     mode: str = "exact"
@@ -78,6 +80,7 @@ class CacheSpec:
     seed: int = 0
     chunk: int = 512
     batch_size: int = 256
+    verify: int = 8
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -409,7 +412,34 @@ class SoftLabelCache:
                 f.check()
             except CorruptCache as err:
                 raise SSKTError(f"soft-label cache {f.path} failed its check right after building ({err})") from None
-        return cls(spec, files, views, padding, seconds, built)
+        cache = cls(spec, files, views, padding, seconds, built)
+        if spec.verify:
+            cache.verify_against(bank, images, spec.verify, device)
+        return cache
+
+    def verify_against(self, bank: SourceBank, images: Tensor, count: int, device: torch.device) -> None:
+        """Compare ``count`` random stored (image, view) soft labels with the live sources."""
+        g = torch.Generator().manual_seed(12345)
+        index = torch.randint(0, self.num_images, (min(count, self.num_images),), generator=g)
+        view = self.views[index, torch.randint(0, self.views.shape[1], (len(index),), generator=g)]
+        was_training = bank.training
+        bank.eval()
+        try:
+            live = bank(to_float(apply_view(images[index], view, self.padding)).to(device))
+        finally:
+            bank.train(was_training)
+        stored = self.lookup(index, view, device="cpu")
+        for name, f in self.files.items():
+            z, q = live[name].float().cpu(), stored[name]
+            idx = z.topk(1, dim=1).indices
+            top = q.topk(f.meta["topk"], dim=1).indices
+            # Compare the stored top-k logits with the live ones (bf16 and fp16 round at ~0.4% of the
+            # logits' scale), and the live top-1 class must be among the stored top-k.
+            diff = (q.gather(1, top) - z.gather(1, top)).abs().mean()
+            scale = z.gather(1, top).abs().mean() + 1.0
+            if float(diff / scale) > 0.02 or not bool((top == idx).any(1).float().mean() >= 0.75):
+                raise SSKTError(f"soft-label cache {f.path} disagrees with the live source {name!r} "
+                                f"(mean |stored - live| {float(diff):.3g}); delete it and report a bug in the cache key")
 
     @staticmethod
     def _fill(bank: SourceBank, images: Tensor, views: Tensor, files: dict[str, CacheFile],
