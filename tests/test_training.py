@@ -143,3 +143,13 @@ def test_ddp_two_cpu_processes(tmp_path):
     # 100 training images, 2 processes x batch 10: each process sees 5 batches per epoch
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 10
+
+
+def test_quickstart_prints_its_table(tmp_path, capsys, monkeypatch):
+    import sskt.quickstart as qs
+
+    monkeypatch.setattr(qs, "EPOCHS", 2)  # the real demo uses 40; the table and wording are what is tested
+    results = qs.quickstart(seeds=2, out_dir=tmp_path)
+    out = capsys.readouterr().out
+    assert "| scratch |" in out and "| sskt    |" in out and "What the numbers mean" in out
+    assert set(results) == {"scratch", "sskt"} and all(len(v) == 2 for v in results.values())
