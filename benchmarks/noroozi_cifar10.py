@@ -34,7 +34,7 @@ K = int(os.environ.get("K", 50))
 
 DATA = [f"data.dataset=imagefolder", f"data.root={ROOT}", f"data.test_per_class={TEST}"]
 TRAIN = ["train.progress_bar=false", "train.tensorboard=false", "train.schedule=cosine", "train.batch_size=128",
-         "train.lr=0.1", "train.weight_decay=5e-4"]
+         "train.lr=0.1", "train.weight_decay=0.0005"]
 UNLABELLED = DATA + [f"data.per_class={UNLAB}"]  # the pool: per_class only picks images, labels unused
 LABELLED = [f"data.per_class={LAB}", "train.batch_size=50"]
 FINETUNE = LABELLED + [f"train.epochs={FT_EPOCHS}", "train.lr=0.05", "train.eval_every=" + str(FT_EPOCHS)]
@@ -68,7 +68,7 @@ def main() -> None:
         return run
 
     # (a) random student: a 0-epoch run is not possible, so a ResNet-20 checkpoint with lr=0 (weights = init).
-    rand = train("train", "random", "method.name=scratch", "train.epochs=1", "train.lr=1e-9", "train.weight_decay=0", "train.limit_train_batches=1")
+    rand = train("train", "random", "method.name=scratch", "train.epochs=1", "train.lr=0.000000001", "train.weight_decay=0", "train.limit_train_batches=1")
     # (b) direct pretext on the student architecture; teachers for (c) and (c').
     rot20 = train("pretext --task rotation", "rot-r20", "target.arch=cifar_resnet20", f"train.epochs={PRE_EPOCHS}")
     rot32 = train("pretext --task rotation", "rot-r32", "target.arch=cifar_resnet32", f"train.epochs={PRE_EPOCHS}")
@@ -138,5 +138,23 @@ def evaluate_run(label: str, run: Path, results: dict) -> None:
     print(label, json.dumps(row), flush=True)
 
 
+def report(summary_path: Path = OUT / "summary.json", md: Path = Path("benchmarks/results/noroozi.md")) -> None:
+    """Render summary.json as the Markdown results table (``python benchmarks/noroozi_cifar10.py --report``)."""
+    s = json.loads(summary_path.read_text())
+    lines = ["| row | linear (best stage) | k-NN (best stage) | fine-tune | own task acc | cluster NMI (train/test) |",
+             "|---|---|---|---|---|---|"]
+    for label, r in s["results"].items():
+        lin, knn, cl = r.get("linear") or {}, r.get("knn") or {}, r.get("clusters") or {}
+        nmi = f"{cl['nmi']:.3f} / {cl['test_nmi']:.3f}" if cl.get("nmi") is not None else ""
+        lines.append(f"| {label} | {lin.get('best', float('nan')):.1f} ({lin.get('best_layer', '')}) | "
+                     f"{knn.get('best', float('nan')):.1f} ({knn.get('best_layer', '')}) | {r['finetune']:.1f} | "
+                     f"{(r.get('own_task_acc') or float('nan')):.1f} | {nmi} |")
+    cmds = "\n".join(f"{c['cmd']}    # {c['seconds']} s" for c in s["commands"])
+    md.parent.mkdir(parents=True, exist_ok=True)
+    md.write_text(f"## Noroozi et al. 2018 at CIFAR-10 scale\n\nSettings: {json.dumps(s['settings'])}; "
+                  f"wall {s['wall_seconds']:.0f} s.\n\n" + "\n".join(lines) + f"\n\nCommands:\n\n```\n{cmds}\n```\n")
+    print(md.read_text())
+
+
 if __name__ == "__main__":
-    main()
+    report() if "--report" in sys.argv else main()
