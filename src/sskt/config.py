@@ -113,11 +113,21 @@ class ExperimentConfig:
 def _section(cls: type, value: dict, name: str) -> Any:
     if not isinstance(value, dict):
         raise SSKTError(f"config section {name!r} must be a mapping")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(value) - known)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(value) - set(fields))
     if unknown:
-        raise SSKTError(f"unknown key(s) in {name}: {unknown}; known: {sorted(known)}")
-    return cls(**value)
+        raise SSKTError(f"unknown key(s) in {name}: {unknown}; known: {sorted(fields)}")
+    return cls(**{k: _coerce(v, str(fields[k].type), f"{name}.{k}") for k, v in value.items()})
+
+
+def _coerce(value: Any, annotation: str, key: str) -> Any:
+    """YAML 1.1 reads ``5e-4`` (no dot) as a string: turn such strings into the float the field wants."""
+    if isinstance(value, str) and annotation.startswith("float"):
+        try:
+            return float(value)
+        except ValueError:
+            raise SSKTError(f"{key} must be a number, got {value!r}") from None
+    return value
 
 
 def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
@@ -132,7 +142,7 @@ def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
         if "=" not in item:
             raise SSKTError(f"override {item!r} must look like key.path=value")
         key, text = item.split("=", 1)
-        value = yaml.safe_load(text) if text else None
+        value = _coerce_number(yaml.safe_load(text)) if text else None
         node: Any = raw
         parts = key.split(".")
         for part in parts[:-1]:
@@ -148,6 +158,16 @@ def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
         else:
             node[last] = value
     return raw
+
+
+def _coerce_number(value: Any) -> Any:
+    """``1e-3`` on the command line means the number (YAML 1.1 would keep it a string)."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _index(part: str, node: list, key: str) -> int:
