@@ -1,40 +1,16 @@
-"""Shared fixtures: paths to ../shared data (tests skip with a reason when it is absent)."""
+"""Test-wide fixtures. Shared helpers live in testutils.py (a unique module name, so that the
+conftest.py of a sub-folder never shadows them)."""
 from __future__ import annotations
 
-import os
+import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SSKT_SHARED", ROOT.parent / "shared"))
-CIFAR_JPEG = SHARED / "datasets" / "cifar10-jpeg"
-CIFAR_WEIGHTS = SHARED / "weights" / "cifar10-resnets"
+sys.path.insert(0, str(Path(__file__).parent))
 
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     # Decoded-image caches go to a per-session temp folder, never the user's home.
     monkeypatch.setenv("SSKT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "sskt-cache"))
-
-
-def need(path: Path) -> Path:
-    """Skip the calling test when a file or folder from ../shared is missing."""
-    if not path.exists():
-        pytest.skip(f"{path} not found (the shared datasets/weights folder is absent on this machine)")
-    return path
-
-
-def tiny_config(tmp_path: Path, **sections: dict) -> dict:
-    """A raw experiment dict on bundled digits, small enough for a test (a few seconds)."""
-    raw = {
-        "name": "t", "seed": 0, "out_dir": str(tmp_path / "run"),
-        "data": {"dataset": "digits", "per_class": 10, "crop_padding": 1, "flip": False},
-        "target": {"arch": "cifar_resnet20"},
-        "method": {"name": "scratch"},
-        "train": {"epochs": 1, "batch_size": 20, "lr": 0.05, "schedule": "cosine", "progress_bar": False,
-                  "tensorboard": False},
-    }
-    for key, value in sections.items():
-        raw[key] = {**raw[key], **value} if isinstance(raw.get(key), dict) and key != "method" else value
-    return raw

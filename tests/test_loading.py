@@ -6,7 +6,7 @@ from sskt.errors import SSKTError
 from sskt.models.factory import create_model
 from sskt.sources import build_source, load_network
 
-from conftest import CIFAR_WEIGHTS, need
+from testutils import CIFAR_WEIGHTS, need
 
 
 def _same(a, b):

@@ -21,7 +21,7 @@ from sskt.sources.bank import SourceBank
 from sskt.sources.frames import frames_for_source
 from sskt.sources.source import Source
 
-from conftest import CIFAR_JPEG, need
+from testutils import CIFAR_JPEG, need
 from test_video import _frame_ids, _frames, ucf  # noqa: F401  (the UCF101-layout fixture)
 from test_voc import VOC_CLASSES, _make_voc
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import CIFAR_JPEG, CIFAR_WEIGHTS, need, tiny_config
+from testutils import CIFAR_JPEG, CIFAR_WEIGHTS, need, tiny_config
 from sskt.config import ExperimentConfig
 from sskt.data.datasets import DataConfig, load_data
 from sskt.methods import BuildContext, TargetConfig, build_method

@@ -15,7 +15,7 @@ from sskt.engine.run import fit
 from sskt.errors import SSKTError
 from sskt.sources import load_network
 
-from conftest import tiny_config
+from testutils import tiny_config
 
 
 def _write(tmp_path, raw):

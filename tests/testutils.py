@@ -1,0 +1,34 @@
+"""Helpers shared by the test files (imported as `testutils`; conftest puts this folder on sys.path)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SSKT_SHARED", ROOT.parent / "shared"))
+CIFAR_JPEG = SHARED / "datasets" / "cifar10-jpeg"
+CIFAR_WEIGHTS = SHARED / "weights" / "cifar10-resnets"
+
+
+def need(path: Path) -> Path:
+    """Skip the calling test when a file or folder from ../shared is missing."""
+    if not path.exists():
+        pytest.skip(f"{path} not found (the shared datasets/weights folder is absent on this machine)")
+    return path
+
+
+def tiny_config(tmp_path: Path, **sections: dict) -> dict:
+    """A raw experiment dict on bundled digits, small enough for a test (a few seconds)."""
+    raw = {
+        "name": "t", "seed": 0, "out_dir": str(tmp_path / "run"),
+        "data": {"dataset": "digits", "per_class": 10, "crop_padding": 1, "flip": False},
+        "target": {"arch": "cifar_resnet20"},
+        "method": {"name": "scratch"},
+        "train": {"epochs": 1, "batch_size": 20, "lr": 0.05, "schedule": "cosine", "progress_bar": False,
+                  "tensorboard": False},
+    }
+    for key, value in sections.items():
+        raw[key] = {**raw[key], **value} if isinstance(raw.get(key), dict) and key != "method" else value
+    return raw
