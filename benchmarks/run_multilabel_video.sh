@@ -2,6 +2,8 @@
 # Runs the multi-label mosaic or the moving-CIFAR video benchmark arms one after the other.
 # Usage (from the repo root): bash benchmarks/run_multilabel_video.sh mosaic|video
 set -euo pipefail
+# One thread per run: on a shared 2-core machine, 2 threads per process were 2-6x slower (oversubscription).
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 SSKT=${SSKT:-/work/venv/bin/sskt}
 case "${1:-}" in
   mosaic)
