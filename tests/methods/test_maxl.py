@@ -102,5 +102,5 @@ def test_psi_must_fit_the_classes() -> None:
 def test_short_digits_run_beats_chance(make_config, tmp_path: Path) -> None:
     from sskt.engine.run import fit
 
-    result = fit(make_config(tmp_path, {"name": "maxl", "psi": 2}))
+    result = fit(make_config(tmp_path, {"name": "maxl", "psi": 2}, epochs=2, eval_every=2))  # ~5x a scratch step
     assert result.final > CHANCE + 5
