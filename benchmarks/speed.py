@@ -229,6 +229,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=2.5, help="target time per variant per round")
     p.add_argument("--r50-images", type=int, default=64, help="training images in the R50 cache (timing only)")
     p.add_argument("--r32-images", type=int, default=512)
+    p.add_argument("--only", choices=["r50", "r32"], default=None, help="one setting only (less memory and time)")
     p.add_argument("--out", default="benchmarks/results/speed-table.md")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--report-only", action="store_true", help="rewrite the table from <out>.json")
@@ -246,6 +247,8 @@ def main() -> None:
 
     builds = {}
     for setting, n_img in (("r50", args.r50_images), ("r32", args.r32_images)):
+        if args.only and setting != args.only:
+            continue
         sources = make_sources(setting, 4)
         m = SSKT(TargetNetwork("cifar_resnet20", 10), sources, SSKTOptions(sources=[{"name": s.name} for s in sources]),
                  example=torch.rand(2, 3, 32, 32))
@@ -261,7 +264,7 @@ def main() -> None:
 
     # 2. Workers, one per variant.
     variants = []
-    for setting in ("r50", "r32"):
+    for setting in ((args.only,) if args.only else ("r50", "r32")):
         n_img = args.r50_images if setting == "r50" else args.r32_images
         variants.append({"name": f"{setting} reference x2", "kind": "reference", "setting": setting, "n": 2})
         for n in (1, 2, 4):
@@ -270,8 +273,10 @@ def main() -> None:
             variants.append({"name": f"{setting} cache x{n}", "kind": "cache", "setting": setting, "n": n,
                              "n_images": n_img})
     variants.append({"name": "scratch", "kind": "scratch", "setting": "none", "n": 0})
-    variants.append({"name": "R50 inference fp32 NCHW", "kind": "infer", "precision": "fp32", "setting": "r50"})
-    variants.append({"name": "R50 inference bf16 channels_last", "kind": "infer", "precision": "bf16", "setting": "r50"})
+    if args.only != "r32":
+        variants.append({"name": "R50 inference fp32 NCHW", "kind": "infer", "precision": "fp32", "setting": "r50"})
+        variants.append({"name": "R50 inference bf16 channels_last", "kind": "infer", "precision": "bf16",
+                         "setting": "r50"})
     ctx = mp.get_context("spawn")
     procs = {}
     for v in variants:
@@ -290,27 +295,50 @@ def main() -> None:
     print(f"workers ready after {time.perf_counter() - started:.0f}s", flush=True)
     totals = {name: [0.0, 0] for name in procs}
     per_round: dict[str, list[float]] = {name: [] for name in procs}
+    rss: dict[str, float] = {}
+    dead: set[str] = set()
     names = list(procs)
+
+    def ask(name: str, msg: tuple):
+        # A worker can die (e.g. the OOM killer on a shared machine): drop it, keep the others' numbers.
+        try:
+            procs[name][1].send(msg)
+            return procs[name][1].recv()
+        except (EOFError, BrokenPipeError, ConnectionResetError):
+            print(f"worker {name!r} died; its variant is left out", flush=True)
+            dead.add(name)
+            return None
+
+    def save() -> dict:
+        for name in names:
+            if name not in dead:
+                value = ask(name, ("rss", None))
+                if value is not None:
+                    rss[name] = value
+        ips = {name: BATCH * t[1] / t[0] for name, t in totals.items() if t[1] and name not in dead}
+        raw = {"ips": ips, "per_round": per_round, "rss": rss, "builds": builds,
+               "wall": time.perf_counter() - started, "rounds": args.rounds, "seconds": args.seconds,
+               "machine": machine(), "dead": sorted(dead)}
+        Path(args.out).with_suffix(".json").write_text(json.dumps(raw, indent=1))  # partial results survive
+        return raw
+
     for r in range(args.rounds):
         for name in (names if r % 2 == 0 else names[::-1]):
+            if name in dead:
+                continue
             steps = max(1, round(args.seconds / max(est[name], 1e-3)))
-            conn = procs[name][1]
-            conn.send(("run", steps))
-            secs = conn.recv()
+            secs = ask(name, ("run", steps))
+            if secs is None:
+                continue
             totals[name][0] += secs
             totals[name][1] += steps
             per_round[name].append(BATCH * steps / secs)
+        raw = save()
         print(f"round {r + 1}/{args.rounds} done at {time.perf_counter() - started:.0f}s", flush=True)
-    rss = {}
     for name, (proc, conn) in procs.items():
-        conn.send(("rss", None))
-        rss[name] = conn.recv()
-        conn.send(("stop", None))
+        if name not in dead:
+            conn.send(("stop", None))
         proc.join(timeout=10)
-    ips = {name: BATCH * t[1] / t[0] for name, t in totals.items()}
-    raw = {"ips": ips, "per_round": per_round, "rss": rss, "builds": builds, "wall": time.perf_counter() - started,
-           "rounds": args.rounds, "seconds": args.seconds, "machine": machine()}
-    Path(args.out).with_suffix(".json").write_text(json.dumps(raw, indent=1))
     write_report(args, raw)
 
 
@@ -320,9 +348,15 @@ def write_report(args, raw: dict) -> None:
              f"Command: `python benchmarks/speed.py --rounds {args.rounds} --seconds {args.seconds}` "
              f"(wall {wall:.0f}s; batch {BATCH}; ResNet-20 target + transfer heads; images/s are totals over "
              f"{args.rounds} interleaved rounds; spread = min-max of per-round images/s)", ""]
+    nan = float("nan")
+    ips = {**{k: nan for k in per_round}, **ips}
+    rss = {**{k: nan for k in per_round}, **rss}
+    per_round = {k: (v or [nan]) for k, v in per_round.items()}
     scratch = ips["scratch"]
     for setting, title in (("r50", "ResNet-50 sources at 74 px (1000/365 classes, random weights)"),
                            ("r32", "CIFAR ResNet-32 source(s) at 32 px")):
+        if setting not in builds:
+            continue
         ref = ips[f"{setting} reference x2"]
         lines += [f"### {title}", "",
                   "| variant | images/s | spread | vs reference x2 | slowdown vs scratch | peak RSS (MiB) |",
@@ -342,6 +376,11 @@ def write_report(args, raw: dict) -> None:
                       f"Size {per_img:.0f} bytes/image for the 4 sources, {per_img2:.0f} bytes/image for 2; "
                       f"CIFAR-10 (50,000 images), 2 sources: {per_img2 * 50000 / 1e6:.1f} MB, "
                       f"estimated build {50000 * 8 * 2 / rate / 60:.0f} min on this machine.", ""]
+    if "R50 inference fp32 NCHW" not in ips:
+        text = "\n".join(lines) + "\n"
+        Path(args.out).write_text(text)
+        print(text)
+        return
     lines += ["### Source inference alone (one ResNet-50, 74 px, batch 128)", "",
               "| precision | images/s | peak RSS (MiB) |", "|---|---|---|"]
     for name in ("R50 inference fp32 NCHW", "R50 inference bf16 channels_last"):
