@@ -16,6 +16,7 @@ from sskt.config import ExperimentConfig
 
 PER_CLASS = 5
 EPOCHS = 40
+SOURCE_EPOCHS = 15
 
 
 def _base(out_dir: Path, name: str, seed: int, **sections: Any) -> ExperimentConfig:
@@ -40,7 +41,8 @@ def quickstart(seeds: int = 3, out_dir: str | Path = "runs/quickstart") -> dict[
     print(f"sskt quickstart: digits (8x8, bundled with scikit-learn), target = CIFAR ResNet-20 with {PER_CLASS} "
           f"labelled images per class, {EPOCHS} epochs, {seeds} seeds.")
     src_cfg = _base(out, "source", 0, data={"train_split": "source", "per_class": None},
-                    train={"epochs": 15, "batch_size": 64, "eval_every": 15, "checkpoint_every": 15})
+                    train={"epochs": SOURCE_EPOCHS, "batch_size": 64, "eval_every": SOURCE_EPOCHS,
+                           "checkpoint_every": SOURCE_EPOCHS})
     src = fit(src_cfg)
     print(f"  source: a ResNet-20 pretrained on 718 other digit images, test top-1 {src.final:.1f}%")
     source = {"name": "digits_source", "checkpoint": str(src.out_dir / "target.pt"), "input_size": 8}
