@@ -70,8 +70,7 @@ class MethodModule(L.LightningModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
         assert self._augment is not None
         # A method may fix the views itself (SSKT with an exact soft-label cache: the stored views).
-        views_hook = getattr(self.method, "training_views", None)
-        fixed = views_hook(batch, self.current_epoch) if views_hook is not None else None
+        fixed = self.method.training_views(batch, self.current_epoch)
         images, view = self._augment(batch["image"], fixed)
         batch = {**batch, "image": images, "view": view}
         if self.automatic_optimization:
@@ -136,9 +135,9 @@ class MethodModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         cfg = self.train_cfg
-        custom = getattr(self.method, "configure_optimizers", None)
+        custom = self.method.configure_optimizers(cfg)
         if custom is not None:
-            return custom(cfg)
+            return custom
         optimizer = torch.optim.SGD(self.method.param_groups(cfg), lr=cfg.lr, momentum=cfg.momentum,
                                     weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
         return {"optimizer": optimizer, "lr_scheduler": make_scheduler(optimizer, cfg)}

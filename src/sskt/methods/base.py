@@ -147,6 +147,14 @@ class Method(nn.Module):
         frozen = {id(m) for m in self.frozen_modules()}
         return [f"{n}." for n, m in self.named_modules() if id(m) in frozen]
 
+    def training_views(self, batch: dict[str, Tensor], epoch: int) -> Tensor | None:
+        """Views (B,3) the engine must show for this batch, or None for fresh random views."""
+        return None
+
+    def configure_optimizers(self, train_cfg: Any) -> Any:
+        """Optimisers and schedules in Lightning's format, or None for SGD over :meth:`param_groups`."""
+        return None
+
     def param_groups(self, train_cfg: Any) -> list[dict]:
         """Optimiser parameter groups; by default every trainable parameter at the base learning rate."""
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
