@@ -99,7 +99,7 @@ def test_short_digits_run_beats_chance_and_reports_every_peer(make_config, tmp_p
     from sskt.engine.run import fit
 
     # Mutual learning starts slower than scratch (each peer also fits the other's early guesses).
-    result = fit(make_config(tmp_path, {"name": "dml", "update": "sequential"}, epochs=5, eval_every=5, lr=0.1))
+    result = fit(make_config(tmp_path, {"name": "dml", "update": "sequential"}, epochs=6, eval_every=6))
     assert result.final > CHANCE + 5
     accs = result.record["dml_peer_acc"]
     assert list(accs) == ["peer1_cifar_resnet20"] and accs["peer1_cifar_resnet20"] > CHANCE
