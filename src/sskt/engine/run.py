@@ -139,7 +139,8 @@ def fit(cfg: ExperimentConfig, callbacks: Sequence[L.Callback] = ()) -> RunResul
     with warnings.catch_warnings():
         for expected in _EXPECTED_WARNINGS:
             warnings.filterwarnings("ignore", message=expected)
-        trainer.fit(module, train_loader, test_loader, ckpt_path=resume)
+        # Our checkpoints hold tensors and plain data only: resume without unpickling arbitrary objects.
+        trainer.fit(module, train_loader, test_loader, ckpt_path=resume, weights_only=True)
     if trainer.interrupted:
         raise SSKTError(f"training was interrupted; run the same command again to resume from {last}")
     history = module.history
