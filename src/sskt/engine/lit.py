@@ -96,7 +96,7 @@ class MethodModule(L.LightningModule):
         if not torch.isfinite(loss):
             named = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in parts.items())
             raise SSKTError(
-                f"loss became {float(loss)} at step {self.global_step} (epoch {self.current_epoch}): {named}; "
+                f"loss became {float(loss.detach())} at step {self.global_step} (epoch {self.current_epoch}): {named}; "
                 f"lower train.lr, or check the inputs and sources for NaN"
             )
 
