@@ -162,3 +162,16 @@ def test_numbers_written_without_a_dot_are_numbers():
     assert cfg.train.weight_decay == 5e-4 and cfg.train.lr == 1e-3
     with pytest.raises(SSKTError, match="train.lr must be a number"):
         ExperimentConfig.from_dict({"train": {"lr": "fast"}})
+
+
+def test_rebuilding_a_run_for_evaluation_never_builds_the_soft_label_cache(tmp_path):
+    from sskt.data.datasets import load_data
+    from sskt.engine.run import build_context
+    from sskt.methods import build_method
+
+    source = {"name": "s", "arch": "cifar_resnet20", "num_classes": 10, "input_size": 8}
+    cfg = ExperimentConfig.from_dict(tiny_config(tmp_path, method={
+        "name": "sskt", "sources": [source], "cache": {"mode": "exact", "views": 2, "dir": str(tmp_path / "c")}}))
+    splits = load_data(cfg.data)
+    method = build_method(cfg.method, build_context(cfg, splits, for_training=False))
+    assert method.cache is None and not (tmp_path / "c").exists()

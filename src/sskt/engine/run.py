@@ -68,10 +68,10 @@ class RunResult:
         return self.out_dir / "checkpoints" / "last.ckpt"
 
 
-def build_context(cfg: ExperimentConfig, splits: ImageSplits) -> BuildContext:
+def build_context(cfg: ExperimentConfig, splits: ImageSplits, for_training: bool = True) -> BuildContext:
     return BuildContext(num_classes=splits.num_classes, input_shape=tuple(splits.train.images.shape[1:]),
                         multilabel=splits.multilabel, target=cfg.target, seed=cfg.seed, classes=splits.classes,
-                        train_data=splits.train, data=cfg.data, test_data=splits.test)
+                        train_data=splits.train, data=cfg.data, test_data=splits.test, for_training=for_training)
 
 
 def loaders(cfg: ExperimentConfig, splits: ImageSplits) -> tuple[DataLoader, DataLoader]:
@@ -171,7 +171,7 @@ def load_trained(checkpoint: str | os.PathLike, overrides: Sequence[str] = ()) -
                         f"for an exported target.pt use it as a source or with sskt.load_target")
     cfg = ExperimentConfig.from_dict(ckpt["sskt_config"]).with_overrides(overrides)
     splits = load_data(cfg.data)
-    method = build_method(cfg.method, build_context(cfg, splits))
+    method = build_method(cfg.method, build_context(cfg, splits, for_training=False))
     state = {k[len("method."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("method.")}
     missing, unexpected = method.load_state_dict(state, strict=False)
     frozen = tuple(method.frozen_prefixes())

@@ -35,6 +35,7 @@ class BuildContext:
     classes: list[str] = field(default_factory=list)
     train_data: Any = None  # the training ImageTensorDataset (for methods that precompute over it)
     data: Any = None  # the DataConfig
+    for_training: bool = True  # False when a trained run is only rebuilt (evaluate, export): skip training-only setup
     test_data: Any = None  # the test ImageTensorDataset (for methods that report e.g. a teacher's accuracy)
 
     @property

@@ -117,7 +117,7 @@ class SSKT(Method):
         per_source = [(c.temperature or opts.temperature, opts.alpha if c.alpha is None else c.alpha) for c in cfgs]
         example = torch.rand(2, *ctx.input_shape)
         method = cls(ctx.build_target(), sources, opts, example, ctx.multilabel, per_source)
-        if opts.cache is not None:
+        if opts.cache is not None and ctx.for_training:  # evaluate/export never touch the cache
             if ctx.train_data is None:
                 raise SSKTError("method.cache needs the training data to build the soft-label cache")
             padding = ctx.data.crop_padding if ctx.data is not None else 4
