@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -12,7 +11,6 @@ from sskt.data import DataConfig, load_data
 from sskt.engine.lit import MethodModule
 from sskt.engine.run import evaluate_model
 from sskt.errors import SSKTError
-from sskt.methods.base import TargetConfig
 from sskt.methods.sskt import SSKT, SSKTOptions
 from sskt.metrics import classwise_map
 from sskt.models.factory import create_model, model_spec

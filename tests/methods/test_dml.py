@@ -1,7 +1,6 @@
 """DML: per-peer losses by hand, gradient isolation, sequential vs simultaneous, a short real run."""
 from __future__ import annotations
 
-import copy
 import math
 from pathlib import Path
 from typing import Any
