@@ -84,7 +84,7 @@ def main() -> None:
     if not (sskt_run / "result.json").is_file():
         sskt("train", *DATA, *TRAIN, *FINETUNE, "method.name=sskt", f"out_dir={sskt_run}",
              "method.sources=[{name: rot32, kind: clustered, temperature: 1, options: {centroids: "
-             f"{ct['ct-rot32'] / 'centroids.pt'}, temperature: 0.1}}]", "method.alpha=0.5")
+             f"{ct['ct-rot32'] / 'centroids.pt'}, temperature: 0.1}}}}]", "method.alpha=0.5")
 
     rows = {"(a) random R20": rand, "(b) rotation R20 (direct)": rot20, "(c) CT rot-R32 -> R20": ct["ct-rot32"],
             "(d) CT HOG -> R20": ct["ct-hog"], "(e) SSKT, clustered rot-R32 source": sskt_run,

@@ -175,3 +175,8 @@ def test_rebuilding_a_run_for_evaluation_never_builds_the_soft_label_cache(tmp_p
     splits = load_data(cfg.data)
     method = build_method(cfg.method, build_context(cfg, splits, for_training=False))
     assert method.cache is None and not (tmp_path / "c").exists()
+
+
+def test_override_that_is_not_yaml_is_one_line(tmp_path, capsys):
+    err = _cli_error(tmp_path, capsys, tiny_config(tmp_path), "method.sources=[{name: a, options: {x: 1}]")
+    assert "override method.sources" in err and "not valid YAML" in err

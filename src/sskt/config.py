@@ -142,7 +142,11 @@ def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
         if "=" not in item:
             raise SSKTError(f"override {item!r} must look like key.path=value")
         key, text = item.split("=", 1)
-        value = _coerce_number(yaml.safe_load(text)) if text else None
+        try:
+            value = _coerce_number(yaml.safe_load(text)) if text else None
+        except yaml.YAMLError as err:
+            raise SSKTError(f"override {key}: {text!r} is not valid YAML ({str(err).splitlines()[0]}); "
+                            f"check its brackets and quotes") from None
         node: Any = raw
         parts = key.split(".")
         for part in parts[:-1]:
