@@ -121,6 +121,47 @@ def test_interrupted_build_resumes(tmp_path):
     assert torch.allclose(again.lookup(idx, v)["a"], bank(to_float(apply_view(images, v, 2)))["a"], atol=1e-2)
 
 
+def test_concurrent_builds_wait_for_one_builder(tmp_path):
+    """Two runs opening the same cache at once (DDP ranks, parallel seeds): one builds, the other says it
+    waits, then reads the finished files without building anything."""
+    import threading
+    import time
+
+    bank = SourceBank([_source()], "fp32")
+    images, targets = _data()
+    building, release = threading.Event(), threading.Event()
+    results: dict[str, SoftLabelCache] = {}
+    messages: list[str] = []
+
+    def hold(chunk: int) -> None:  # the first builder pauses mid-build, holding the lock
+        if chunk == 0:
+            building.set()
+            release.wait(30)
+
+    def first() -> None:
+        results["first"] = _open(bank, images, targets, tmp_path, on_chunk=hold)
+
+    def second() -> None:
+        building.wait(30)
+        results["second"] = _open(SourceBank([_source()], "fp32"), images, targets, tmp_path, log=messages.append)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30
+    while not any("waiting" in m for m in messages) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    release.set()
+    for t in threads:
+        t.join(60)
+    assert any("another process is building" in m for m in messages), messages
+    assert results["first"].built_views == 24 * 4
+    assert results["second"].built_views == 0  # nothing built twice
+    idx = torch.arange(24)
+    v = results["first"].training_views(idx, 0)
+    assert torch.equal(results["first"].lookup(idx, v)["a"], results["second"].lookup(idx, v)["a"])
+
+
 @pytest.mark.parametrize("damage", ["flip-record-byte", "truncate", "header"])
 def test_damaged_file_is_reported_and_rebuilt(tmp_path, damage):
     bank = SourceBank([_source()], "fp32")

@@ -26,7 +26,9 @@ One file per source per dataset::
     footer (magic, CRC32 of the chunk table), written last: a file without it is a partial build
 
 A partial build resumes from its done chunks; a file whose header, size, chunk table or any chunk's
-CRC is wrong is reported in one line and rebuilt, never used.
+CRC is wrong is reported in one line and rebuilt, never used. Checking and building hold an exclusive
+lock (``flock`` on a ``.lock`` file next to the cache files), so concurrent runs on the same data --
+DDP ranks, parallel seeds -- wait for one builder and then read its files instead of racing.
 """
 from __future__ import annotations
 
@@ -38,9 +40,10 @@ import struct
 import sys
 import time
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -335,6 +338,28 @@ def expand_logits(val: Tensor, idx: Tensor, tail: Tensor, num_classes: int) -> T
     return out.scatter_(1, idx.long(), val.float())
 
 
+@contextmanager
+def build_lock(path: Path, log: Callable[[str], None]) -> Iterator[None]:
+    """Exclusive lock on ``path`` for the duration of the block; says once that it waits if another
+    process holds it. No-op where ``fcntl`` does not exist (Windows)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on Linux/macOS
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"sskt: another process is building this soft-label cache; waiting for it ({path})")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 class SoftLabelCache:
     """Every source's stored soft labels for one training set, read by (image index, view).
 
@@ -377,41 +402,43 @@ class SoftLabelCache:
         n = images.shape[0]
         data_fp = dataset_fingerprint(images, targets)
         views = sample_views(n, spec.views, padding, flip, spec.seed, spec.mode)
-        files: dict[str, CacheFile] = {}
-        todo: dict[str, set[int]] = {}
-        for src in bank.sources:
-            key, parts = cache_key(data_fp, source_fingerprint(src, precision), spec, temperatures[src.name],
-                                   padding, flip)
-            meta = {"key": key, "parts": parts, "n": n, "views": spec.views, "topk": min(spec.topk, src.num_classes),
-                    "num_classes": src.num_classes, "chunk": spec.chunk, "source_name": src.name}
-            path = spec.directory / f"{src.name}-{spec.mode}-{data_fp[:10]}-{key[:16]}.sskc"
-            f = CacheFile(path, meta)
-            files[src.name] = f
-            todo[src.name] = set(range(f.n_chunks))
-            if path.exists():
-                try:
-                    table, complete = f.check()
-                    todo[src.name] = {c for c in range(f.n_chunks) if not table[c, 1]}
-                    if todo[src.name]:
-                        log(f"sskt: resuming soft-label cache {path.name}: {f.n_chunks - len(todo[src.name])}/"
-                            f"{f.n_chunks} chunks done")
-                except (CorruptCache, OSError, ValueError) as err:
-                    log(f"sskt: soft-label cache {path} is damaged ({err}); rebuilding it")
+        spec.directory.mkdir(parents=True, exist_ok=True)
+        with build_lock(spec.directory / f".{data_fp[:10]}-{spec.mode}.lock", log):
+            files: dict[str, CacheFile] = {}
+            todo: dict[str, set[int]] = {}
+            for src in bank.sources:
+                key, parts = cache_key(data_fp, source_fingerprint(src, precision), spec, temperatures[src.name],
+                                       padding, flip)
+                meta = {"key": key, "parts": parts, "n": n, "views": spec.views, "topk": min(spec.topk, src.num_classes),
+                        "num_classes": src.num_classes, "chunk": spec.chunk, "source_name": src.name}
+                path = spec.directory / f"{src.name}-{spec.mode}-{data_fp[:10]}-{key[:16]}.sskc"
+                f = CacheFile(path, meta)
+                files[src.name] = f
+                todo[src.name] = set(range(f.n_chunks))
+                if path.exists():
+                    try:
+                        table, complete = f.check()
+                        todo[src.name] = {c for c in range(f.n_chunks) if not table[c, 1]}
+                        if todo[src.name]:
+                            log(f"sskt: resuming soft-label cache {path.name}: {f.n_chunks - len(todo[src.name])}/"
+                                f"{f.n_chunks} chunks done")
+                    except (CorruptCache, OSError, ValueError) as err:
+                        log(f"sskt: soft-label cache {path} is damaged ({err}); rebuilding it")
+                        f.create()
+                else:
                     f.create()
-            else:
-                f.create()
-        started = time.perf_counter()
-        built = cls._fill(bank, images, views, files, todo, temperatures, spec, padding, device, progress, on_chunk)
-        seconds = time.perf_counter() - started if built else 0.0
-        for name, f in files.items():
-            if todo[name]:
-                f.finish()
-        # Check what was just written as strictly as an old file: never train from an unchecked cache.
-        for f in files.values():
-            try:
-                f.check()
-            except CorruptCache as err:
-                raise SSKTError(f"soft-label cache {f.path} failed its check right after building ({err})") from None
+            started = time.perf_counter()
+            built = cls._fill(bank, images, views, files, todo, temperatures, spec, padding, device, progress, on_chunk)
+            seconds = time.perf_counter() - started if built else 0.0
+            for name, f in files.items():
+                if todo[name]:
+                    f.finish()
+            # Check what was just written as strictly as an old file: never train from an unchecked cache.
+            for f in files.values():
+                try:
+                    f.check()
+                except CorruptCache as err:
+                    raise SSKTError(f"soft-label cache {f.path} failed its check right after building ({err})") from None
         cache = cls(spec, files, views, padding, seconds, built)
         if spec.verify:
             cache.verify_against(bank, images, spec.verify, device)
