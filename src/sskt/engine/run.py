@@ -49,7 +49,8 @@ class SaveLast(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         epoch = trainer.current_epoch + 1
         if epoch % self.every == 0 or epoch == trainer.max_epochs:
-            trainer.save_checkpoint(self.path)  # collective under DDP; rank 0 writes
+            # weights_only=False: resuming needs the optimiser and loop state. Collective under DDP; rank 0 writes.
+            trainer.save_checkpoint(self.path, weights_only=False)
 
 
 @dataclass
