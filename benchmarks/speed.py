@@ -1,7 +1,9 @@
 """Training throughput: the reference SSKT step vs sskt with live sources vs the exact soft-label cache
 vs scratch, on this machine, in one run.
 
-    python benchmarks/speed.py --out benchmarks/results/speed.md
+    python benchmarks/speed.py --only r50                 # the issue's comparison, P+I setting
+    python benchmarks/speed.py --only r32                 # CIFAR ResNet-32 source(s)
+    python benchmarks/speed.py --only r50 --group heads   # where the cache's remaining cost goes
 
 Every variant lives in its own worker process (so each reports its own peak RSS) and the main process
 runs them in interleaved rounds (a few seconds each, order reversed every other round), so load from
@@ -11,6 +13,11 @@ ResNet-20 target (CIFAR-10, 32x32) with one transfer-module head per source, SGD
 Settings: (a) torchvision ResNet-50 sources at 74 px (32 * 7/3), 1000 and 365 classes as in the
 paper's P+I runs (random weights: timing only), 1, 2 or 4 sources; (b) the CIFAR ResNet-32 checkpoint
 at 32 px (``../shared/weights``; random weights if absent).
+
+Groups: ``sources`` (default) = (1) the reference step, (2) live sources, (3) the exact cache, (4) scratch,
+plus source inference alone. ``heads`` = the exact cache against "free sources" (the same SSKT step fed
+fixed soft labels: no source, no cache read) with transfer modules and with linear heads: the cache
+is as cheap as sources can get when cache ~ free sources; what is left over scratch is the heads.
 """
 from __future__ import annotations
 
@@ -20,7 +27,6 @@ import multiprocessing as mp
 import os
 import platform
 import resource
-import statistics
 import sys
 import tempfile
 import time
@@ -108,7 +114,8 @@ class SsktStep:
     """sskt's own step, as :class:`~sskt.engine.lit.MethodModule` runs it: views (from the method if it
     fixes them), batch augmentation, method.training_step, backward, SGD."""
 
-    def __init__(self, kind: str, setting: str, n_sources: int, cache_dir: str, n_images: int) -> None:
+    def __init__(self, kind: str, setting: str, n_sources: int, cache_dir: str, n_images: int,
+                 head: str = "transfer", compile_sources: bool = False) -> None:
         from sskt.data.augment import BatchAugment
         from sskt.methods.scratch import Scratch, ScratchOptions
         from sskt.methods.sskt import SSKT, SSKTOptions
@@ -120,11 +127,18 @@ class SsktStep:
             self.method = Scratch(target, ScratchOptions())
         else:
             sources = make_sources(setting, n_sources)
-            opts = SSKTOptions(sources=[{"name": s.name} for s in sources])  # source_precision: auto
+            opts = SSKTOptions(sources=[{"name": s.name} for s in sources], head=head,  # source_precision: auto
+                               source_compile=compile_sources)
             self.method = SSKT(target, sources, opts, example=torch.rand(2, 3, 32, 32))
             if kind == "cache":
                 images, targets = bench_data(n_images)
                 self.method.attach_cache(cache_spec_for(cache_dir), images, targets, PADDING, True, progress=False)
+            elif kind == "floor":
+                # The SSKT step with sources that cost nothing: fixed soft labels, no source, no cache
+                # lookup. What is left is SSKT's own work (heads forward/backward, soft-label losses):
+                # the floor of any way of providing source outputs.
+                fixed = {s.name: torch.randn(BATCH, s.num_classes) for s in sources}
+                self.method.soft_labels = lambda batch: fixed
         self.method.train()
         self.opt = torch.optim.SGD([p for p in self.method.parameters() if p.requires_grad], lr=0.1, momentum=0.9,
                                    weight_decay=5e-4)
@@ -176,7 +190,8 @@ def worker(spec: dict, conn) -> None:
     elif kind == "infer":
         runner = SourceInference(spec["precision"])
     else:
-        runner = SsktStep(kind, spec["setting"], spec["n"], spec["cache_dir"], n_images)
+        runner = SsktStep(kind, spec["setting"], spec["n"], spec["cache_dir"], n_images, spec.get("head", "transfer"),
+                          spec.get("compile", False))
     conn.send("ready")
     from sskt.data.augment import BatchAugment
 
@@ -193,7 +208,10 @@ def worker(spec: dict, conn) -> None:
             index = torch.randint(0, n_images, (BATCH,), generator=g)
             batch = {"image": images[index], "target": targets[index], "index": index}
             t0 = time.perf_counter()
-            if kind == "reference":
+            if spec.get("precision") == "bf16-mixed":
+                with torch.autocast("cpu", dtype=torch.bfloat16):  # what Lightning's bf16-mixed does on a CPU
+                    runner.step(batch)
+            elif kind == "reference":
                 x, _ = aug(batch["image"])  # the reference's crop + flip (done by its data loader)
                 runner.step(x, batch["target"])
             elif kind == "infer":
@@ -205,6 +223,38 @@ def worker(spec: dict, conn) -> None:
 
 
 # ------------------------------------------------------------------------------------------ main
+
+GROUPS = ("sources", "heads")
+
+
+def group_variants(group: str, setting: str) -> list[dict]:
+    """The variants of one group, for one setting. ``sources``: the issue's comparison (reference, live,
+    cache, scratch). ``heads``: where the cache's remaining cost goes (cache vs the same step with free
+    sources, transfer vs linear heads). Groups run separately: a worker per variant holds ~1.3 GB."""
+    if group == "sources":
+        out = [{"name": f"{setting} reference x2", "kind": "reference", "setting": setting, "n": 2}]
+        out += [{"name": f"{setting} {kind} x{n}", "kind": kind, "setting": setting, "n": n}
+                for kind in ("live", "cache") for n in (1, 2, 4)]
+        # Opt-in settings on top of the defaults: the target trained in bf16 autocast
+        # (train.precision=bf16-mixed) and compiled sources (method.source_compile=true).
+        out += [{"name": f"{setting} live x2 bf16-mixed", "kind": "live", "setting": setting, "n": 2,
+                 "precision": "bf16-mixed"}]
+        if setting == "r50":  # compiling did not help the small CIFAR ResNet (docs/speed.md)
+            out += [{"name": f"{setting} live x2 compiled", "kind": "live", "setting": setting, "n": 2,
+                     "compile": True},
+                    {"name": f"{setting} live x2 compiled bf16-mixed", "kind": "live", "setting": setting,
+                     "n": 2, "compile": True, "precision": "bf16-mixed"}]
+        return out
+    out = [{"name": f"{setting} {kind}{suffix} x{n}", "kind": kind, "setting": setting, "n": n, "head": head}
+           for head, suffix in (("transfer", ""), ("linear", " linear")) for kind in ("cache", "floor")
+           for n in (1, 2, 4)]
+    # train.precision=bf16-mixed (Lightning's CPU/GPU autocast) speeds up the target itself.
+    out += [{"name": f"{setting} cache x2 bf16-mixed", "kind": "cache", "setting": setting, "n": 2,
+             "precision": "bf16-mixed"},
+            {"name": f"{setting} scratch bf16-mixed", "kind": "scratch", "setting": "none", "n": 0,
+             "precision": "bf16-mixed"}]
+    return out
+
 
 def machine() -> str:
     cpu = "?"
@@ -230,6 +280,8 @@ def main() -> None:
     p.add_argument("--r50-images", type=int, default=64, help="training images in the R50 cache (timing only)")
     p.add_argument("--r32-images", type=int, default=512)
     p.add_argument("--only", choices=["r50", "r32"], default=None, help="one setting only (less memory and time)")
+    p.add_argument("--group", choices=GROUPS, default="sources",
+                   help="sources: reference/live/cache/scratch; heads: cache vs free sources, transfer vs linear")
     p.add_argument("--out", default="benchmarks/results/speed-table.md")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--report-only", action="store_true", help="rewrite the table from <out>.json")
@@ -265,15 +317,9 @@ def main() -> None:
     # 2. Workers, one per variant.
     variants = []
     for setting in ((args.only,) if args.only else ("r50", "r32")):
-        n_img = args.r50_images if setting == "r50" else args.r32_images
-        variants.append({"name": f"{setting} reference x2", "kind": "reference", "setting": setting, "n": 2})
-        for n in (1, 2, 4):
-            variants.append({"name": f"{setting} live x{n}", "kind": "live", "setting": setting, "n": n})
-        for n in (1, 2, 4):
-            variants.append({"name": f"{setting} cache x{n}", "kind": "cache", "setting": setting, "n": n,
-                             "n_images": n_img})
+        variants += group_variants(args.group, setting)
     variants.append({"name": "scratch", "kind": "scratch", "setting": "none", "n": 0})
-    if args.only != "r32":
+    if args.only != "r32" and args.group == "sources":
         variants.append({"name": "R50 inference fp32 NCHW", "kind": "infer", "precision": "fp32", "setting": "r50"})
         variants.append({"name": "R50 inference bf16 channels_last", "kind": "infer", "precision": "bf16",
                          "setting": "r50"})
@@ -287,11 +333,12 @@ def main() -> None:
         proc.start()
         procs[v["name"]] = (proc, parent)
         parent.recv()  # one at a time: building models while another measures would skew nothing yet
-    # Warm-up step (not counted) and a first estimate of the step time.
+    # Warm-up steps (not counted; the first one compiles where asked) and an estimate of the step time.
     est = {}
     for name, (_, conn) in procs.items():
-        conn.send(("run", 1))
-        est[name] = conn.recv()
+        for _ in range(2):
+            conn.send(("run", 1))
+            est[name] = conn.recv()
     print(f"workers ready after {time.perf_counter() - started:.0f}s", flush=True)
     totals = {name: [0.0, 0] for name in procs}
     per_round: dict[str, list[float]] = {name: [] for name in procs}
@@ -344,9 +391,11 @@ def main() -> None:
 
 def write_report(args, raw: dict) -> None:
     ips, per_round, rss, builds, wall = raw["ips"], raw["per_round"], raw["rss"], raw["builds"], raw["wall"]
+    command = f"python benchmarks/speed.py --group {args.group} --rounds {args.rounds} --seconds {args.seconds}"
+    if args.only:
+        command += f" --only {args.only}"
     lines = [f"Machine: {raw['machine']}", "",
-             f"Command: `python benchmarks/speed.py --rounds {args.rounds} --seconds {args.seconds}` "
-             f"(wall {wall:.0f}s; batch {BATCH}; ResNet-20 target + transfer heads; images/s are totals over "
+             f"Command: `{command}` (wall {wall:.0f}s; batch {BATCH}; ResNet-20 target; images/s are totals over "
              f"{args.rounds} interleaved rounds; spread = min-max of per-round images/s)", ""]
     nan = float("nan")
     ips = {**{k: nan for k in per_round}, **ips}
@@ -355,38 +404,41 @@ def write_report(args, raw: dict) -> None:
     scratch = ips["scratch"]
     for setting, title in (("r50", "ResNet-50 sources at 74 px (1000/365 classes, random weights)"),
                            ("r32", "CIFAR ResNet-32 source(s) at 32 px")):
-        if setting not in builds:
+        rows = [name for name in per_round if name.startswith(f"{setting} ")]
+        if not rows:
             continue
-        ref = ips[f"{setting} reference x2"]
-        lines += [f"### {title}", "",
-                  "| variant | images/s | spread | vs reference x2 | slowdown vs scratch | peak RSS (MiB) |",
-                  "|---|---|---|---|---|---|"]
-        rows = [f"{setting} reference x2"] + [f"{setting} {k} x{n}" for k in ("live", "cache") for n in (1, 2, 4)]
+        ref = ips.get(f"{setting} reference x2")
+        header = "| variant | images/s | spread |" + (" vs reference x2 |" if ref else "") + " slowdown vs scratch |"
+        has_floor = any(" floor" in name for name in rows)
+        header += " slowdown vs free sources |" if has_floor else ""
+        lines += [f"### {title}", "", header + " peak RSS (MiB) |", "|" + "---|" * header.count("|")]
         for name in rows + ["scratch"]:
             pr = per_round[name]
-            lines.append(f"| {name} | {ips[name]:.1f} | {min(pr):.1f}-{max(pr):.1f} | {ips[name] / ref:.2f}x | "
-                         f"{scratch / ips[name]:.2f}x | {rss[name]:.0f} |")
-        b = builds[setting]
+            row = f"| {name} | {ips[name]:.1f} | {min(pr):.1f}-{max(pr):.1f} |"
+            row += f" {ips[name] / ref:.2f}x |" if ref else ""
+            row += f" {scratch / ips[name]:.2f}x |"
+            if has_floor:
+                floor = ips.get(name.replace(" cache", " floor"))
+                row += f" {floor / ips[name]:.2f}x |" if " cache" in name and floor else " |"
+            lines.append(row + f" {rss[name]:.0f} |")
+        b = builds.get(setting)
+        if b is None:
+            continue
         per_img = sum(b["bytes"].values()) / b["images"]
-        per_img2 = sum(sorted(b["bytes"].values())[:2]) / b["images"] if setting == "r32" else \
-            sum(v for k, v in b["bytes"].items() if k in ("s0", "s1")) / b["images"]
+        per_img2 = sum(v for k, v in b["bytes"].items() if k in ("s0", "s1")) / b["images"]
         rate = b["views"] * 4 / b["seconds"] if b["seconds"] else float("nan")
         lines += ["", f"Cache build ({setting}, exact, K = 8 views, top-10, 4 sources): {b['views']} views per source "
                       f"in {b['seconds']:.1f}s = {rate:.0f} source-views/s. "
                       f"Size {per_img:.0f} bytes/image for the 4 sources, {per_img2:.0f} bytes/image for 2; "
                       f"CIFAR-10 (50,000 images), 2 sources: {per_img2 * 50000 / 1e6:.1f} MB, "
                       f"estimated build {50000 * 8 * 2 / rate / 60:.0f} min on this machine.", ""]
-    if "R50 inference fp32 NCHW" not in ips:
-        text = "\n".join(lines) + "\n"
-        Path(args.out).write_text(text)
-        print(text)
-        return
-    lines += ["### Source inference alone (one ResNet-50, 74 px, batch 128)", "",
-              "| precision | images/s | peak RSS (MiB) |", "|---|---|---|"]
-    for name in ("R50 inference fp32 NCHW", "R50 inference bf16 channels_last"):
-        lines.append(f"| {name} | {ips[name]:.1f} | {rss[name]:.0f} |")
-    lines.append(f"\nbf16 + channels_last / fp32 NCHW: "
-                 f"{ips['R50 inference bf16 channels_last'] / ips['R50 inference fp32 NCHW']:.2f}x")
+    if "R50 inference fp32 NCHW" in ips:
+        lines += ["### Source inference alone (one ResNet-50, 74 px, batch 128)", "",
+                  "| precision | images/s | peak RSS (MiB) |", "|---|---|---|"]
+        for name in ("R50 inference fp32 NCHW", "R50 inference bf16 channels_last"):
+            lines.append(f"| {name} | {ips[name]:.1f} | {rss[name]:.0f} |")
+        lines.append(f"\nbf16 + channels_last / fp32 NCHW: "
+                     f"{ips['R50 inference bf16 channels_last'] / ips['R50 inference fp32 NCHW']:.2f}x")
     text = "\n".join(lines) + "\n"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
