@@ -115,7 +115,7 @@ class SsktStep:
     fixes them), batch augmentation, method.training_step, backward, SGD."""
 
     def __init__(self, kind: str, setting: str, n_sources: int, cache_dir: str, n_images: int,
-                 head: str = "transfer", compile_sources: bool = False) -> None:
+                 head: str = "transfer") -> None:
         from sskt.data.augment import BatchAugment
         from sskt.methods.scratch import Scratch, ScratchOptions
         from sskt.methods.sskt import SSKT, SSKTOptions
@@ -127,8 +127,7 @@ class SsktStep:
             self.method = Scratch(target, ScratchOptions())
         else:
             sources = make_sources(setting, n_sources)
-            opts = SSKTOptions(sources=[{"name": s.name} for s in sources], head=head,  # source_precision: auto
-                               source_compile=compile_sources)
+            opts = SSKTOptions(sources=[{"name": s.name} for s in sources], head=head)  # source_precision: auto
             self.method = SSKT(target, sources, opts, example=torch.rand(2, 3, 32, 32))
             if kind == "cache":
                 images, targets = bench_data(n_images)
@@ -190,8 +189,7 @@ def worker(spec: dict, conn) -> None:
     elif kind == "infer":
         runner = SourceInference(spec["precision"])
     else:
-        runner = SsktStep(kind, spec["setting"], spec["n"], spec["cache_dir"], n_images, spec.get("head", "transfer"),
-                          spec.get("compile", False))
+        runner = SsktStep(kind, spec["setting"], spec["n"], spec["cache_dir"], n_images, spec.get("head", "transfer"))
     conn.send("ready")
     from sskt.data.augment import BatchAugment
 
@@ -235,15 +233,9 @@ def group_variants(group: str, setting: str) -> list[dict]:
         out = [{"name": f"{setting} reference x2", "kind": "reference", "setting": setting, "n": 2}]
         out += [{"name": f"{setting} {kind} x{n}", "kind": kind, "setting": setting, "n": n}
                 for kind in ("live", "cache") for n in (1, 2, 4)]
-        # Opt-in settings on top of the defaults: the target trained in bf16 autocast
-        # (train.precision=bf16-mixed) and compiled sources (method.source_compile=true).
+        # An opt-in setting on top of the defaults: the target trained in bf16 autocast (train.precision=bf16-mixed).
         out += [{"name": f"{setting} live x2 bf16-mixed", "kind": "live", "setting": setting, "n": 2,
                  "precision": "bf16-mixed"}]
-        if setting == "r50":  # compiling did not help the small CIFAR ResNet (docs/speed.md)
-            out += [{"name": f"{setting} live x2 compiled", "kind": "live", "setting": setting, "n": 2,
-                     "compile": True},
-                    {"name": f"{setting} live x2 compiled bf16-mixed", "kind": "live", "setting": setting,
-                     "n": 2, "compile": True, "precision": "bf16-mixed"}]
         return out
     out = [{"name": f"{setting} {kind}{suffix} x{n}", "kind": kind, "setting": setting, "n": n, "head": head}
            for head, suffix in (("transfer", ""), ("linear", " linear")) for kind in ("cache", "floor")
@@ -333,7 +325,7 @@ def main() -> None:
         proc.start()
         procs[v["name"]] = (proc, parent)
         parent.recv()  # one at a time: building models while another measures would skew nothing yet
-    # Warm-up steps (not counted; the first one compiles where asked) and an estimate of the step time.
+    # Warm-up steps (not counted) and an estimate of the step time.
     est = {}
     for name, (_, conn) in procs.items():
         for _ in range(2):

@@ -73,37 +73,3 @@ def test_auto_precision_is_the_default_and_resolves_per_device():
     cpu = torch.device("cpu")
     assert resolved_precision("auto", cpu) == ("bf16" if bf16_supported(cpu) else "fp32")
     assert resolved_precision("fp32", cpu) == "fp32"
-
-
-def _tiny_source(name: str = "s") -> "object":
-    from sskt.models.factory import create_model
-    from sskt.sources.source import Source
-
-    torch.manual_seed(0)
-    return Source(name, create_model("cifar_resnet20", 10), 10, input_size=16)
-
-
-def test_compiled_sources_match_eager_and_keep_weights_out_of_state_dict():
-    eager, compiled = SourceBank([_tiny_source()], "fp32"), SourceBank([_tiny_source()], "fp32", compile=True)
-    x = torch.rand(8, 3, 16, 16)
-    want = eager(x)["s"]
-    got = compiled(x)["s"]
-    assert torch.allclose(got, want, atol=1e-4, rtol=1e-4), (got - want).abs().max()
-    assert torch.allclose(compiled(x[:3])["s"], want[:3], atol=1e-4, rtol=1e-4)  # another batch size
-    assert compiled.state_dict().keys() == eager.state_dict().keys()
-
-
-def test_a_failing_compile_warns_once_and_runs_eagerly(monkeypatch, capsys):
-    def broken(fn, **kwargs):
-        def run(x):
-            raise RuntimeError("InductorError: no C++ compiler found\nlong traceback...")
-        return run
-
-    monkeypatch.setattr(torch, "compile", broken)
-    bank = SourceBank([_tiny_source()], "fp32", compile=True)
-    x = torch.rand(4, 3, 16, 16)
-    want = SourceBank([_tiny_source()], "fp32")(x)["s"]
-    assert torch.equal(bank(x)["s"], want)
-    assert torch.equal(bank(x)["s"], want)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "torch.compile failed for source 's'" in err[0] and "no C++ compiler" in err[0], err

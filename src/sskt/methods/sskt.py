@@ -37,8 +37,6 @@ class SSKTOptions:
     ``source_precision``: ``fp32``, ``bf16`` or ``auto`` (default: bf16 + channels_last where the hardware
     is fast at it; 3.6x faster for a ResNet-50 at 74 px on an AVX-512-bf16 CPU, soft labels within
     KL 1e-3 of fp32 at T = 3, see docs/speed.md).
-    ``source_compile``: compile each source with ``torch.compile`` (Inductor freezing) on its first batch;
-    tens of seconds per source, worth it for large sources on long runs (docs/speed.md).
     ``cache``: None (live sources) or a soft-label cache, e.g. ``{mode: exact, views: 8, topk: 10}``
     (:class:`~sskt.sources.cache.CacheSpec`); built before training, then no source runs while training.
     """
@@ -52,7 +50,6 @@ class SSKTOptions:
     temperature: float = 3.0
     alpha: float = 0.1
     source_precision: str = "auto"
-    source_compile: bool = False
     cache: dict | None = None
 
     def __post_init__(self) -> None:
@@ -103,7 +100,7 @@ class SSKT(Method):
         self.options = options
         self.target_loss = target_loss_fn(options.target_loss, multilabel, options.focal_gamma)
         self.aux_loss = SOFT_LOSSES.get(options.aux_loss)
-        self.bank = SourceBank(sources, options.source_precision, compile=options.source_compile)
+        self.bank = SourceBank(sources, options.source_precision)
         # (temperature, alpha) per source, in source order.
         self.weights = list(per_source or [(options.temperature, options.alpha)] * len(sources))
         self.heads = nn.ModuleDict(

@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-import sys
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -34,12 +33,6 @@ class SourceBank(nn.Module):
     input size. With ``precision="bf16"`` (or ``"auto"`` on hardware with fast bf16) sources run
     under bf16 autocast and in channels_last; outputs are always returned as float32.
 
-    With ``compile=True`` each source network is compiled with ``torch.compile`` and Inductor's
-    *freezing* (weights folded in as constants: right for frozen sources) on its first batch on a
-    device. That costs tens of seconds per source and input shape (a C++ compiler is needed on a
-    CPU) and paid off for a ResNet-50 (about 1.2-1.35x on this project's CPU), not for a small CIFAR
-    ResNet. If compiling fails, a one-line warning is printed and the source runs eagerly.
-
     Example:
         >>> from sskt.models.factory import create_model
         >>> bank = SourceBank([Source("a", create_model("cifar_resnet20", 10), 10, input_size=32)])
@@ -47,7 +40,7 @@ class SourceBank(nn.Module):
         {'a': (2, 10)}
     """
 
-    def __init__(self, sources: Sequence[Source], precision: str = "fp32", compile: bool = False) -> None:
+    def __init__(self, sources: Sequence[Source], precision: str = "fp32") -> None:
         super().__init__()
         names = [s.name for s in sources]
         if len(set(names)) != len(names):
@@ -56,10 +49,6 @@ class SourceBank(nn.Module):
             raise SSKTError(f"source precision must be one of {PRECISIONS}, got {precision!r}")
         self.sources = nn.ModuleList(sources)
         self.precision = precision
-        self.compile = bool(compile)
-        # (source name, device) -> compiled network, or None once compiling failed. Not submodules:
-        # they share the sources' weights and must stay out of state dicts.
-        self._compiled: dict[tuple[str, str], Callable[[Tensor], Tensor] | None] = {}
         if precision != "fp32":
             for s in self.sources:
                 s.to(memory_format=torch.channels_last)
@@ -86,32 +75,10 @@ class SourceBank(nn.Module):
                     if self.precision != "fp32":
                         x = x.contiguous(memory_format=torch.channels_last)
                     resized[key] = x
-                logits = self._run(src, src.normalize(resized[key])).float()
+                logits = src.network(src.normalize(resized[key])).float()
                 out[src.name] = regroup(logits)
         # Leave inference mode: clones are ordinary tensors that losses may save for backward.
         return {k: v.clone() for k, v in out.items()}
-
-
-    def _run(self, src: Source, x: Tensor) -> Tensor:
-        if not self.compile:
-            return src.network(x)
-        key = (src.name, str(x.device))
-        if key not in self._compiled:
-            self._compiled[key] = torch.compile(src.network, options={"freezing": True})
-        compiled = self._compiled[key]
-        if compiled is not None:
-            try:
-                return compiled(x)
-            except Exception as err:  # noqa: BLE001 - any compiler failure: fall back, never stop the run
-                self._compiled[key] = None
-                first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-                print(f"sskt: warning: torch.compile failed for source {src.name!r} ({first}); "
-                      "running it without compiling", file=sys.stderr, flush=True)
-        return src.network(x)
-
-    def _apply(self, fn, recurse=True):
-        self._compiled.clear()  # moved or cast: frozen constants would be stale, compile again
-        return super()._apply(fn, recurse)
 
 
 def _frames_for(src: Source, images: Tensor):

@@ -485,7 +485,7 @@ class SoftLabelCache:
         try:
             for c in chunks:
                 need = [s for s in bank.sources if c in todo[s.name]]
-                sub = SourceBank(need, bank.precision, bank.compile) if len(need) < len(bank.sources) else bank
+                sub = SourceBank(need, bank.precision) if len(need) < len(bank.sources) else bank
                 a, b = first.chunk_rows(c)
                 v = views[a:b].reshape(-1, 3)
                 x = images[a:b].repeat_interleave(spec.views, dim=0)
