@@ -121,7 +121,7 @@ def _quickstart_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/quickstart")
 
 
-@command("quickstart", "a 2-minute demo on bundled digits: scratch vs SSKT over 3 seeds, no download", _quickstart_args)
+@command("quickstart", "a 30-second demo on bundled digits: scratch vs SSKT over 3 seeds, no download", _quickstart_args)
 def run_quickstart(args: argparse.Namespace) -> int:
     from sskt.quickstart import quickstart
 
