@@ -60,3 +60,44 @@ def test_focal_hand_computation_and_gamma_zero_is_ce():
 
 def test_registry_names():
     assert {"kd", "kd-legacy", "soft-ce"} <= set(SOFT_LOSSES.names())
+
+
+@pytest.mark.parametrize("name", ["bce", "focal-bce"])
+def test_multilabel_losses_leave_ignored_entries_out(name):
+    """VOC 'difficult'-only classes are neither positive nor negative: no loss, no gradient."""
+    from sskt.losses import TARGET_LOSSES
+
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 3.0, -2.0]], requires_grad=True)
+    target = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    ignore = torch.tensor([[False, True, False], [False, False, True]])
+    loss = TARGET_LOSSES.get(name)(logits, target, ignore)
+
+    def entry(z: float, y: float) -> float:  # hand BCE (and focal weight) of one entry
+        p = 1 / (1 + math.exp(-z))
+        p_t = p if y else 1 - p
+        return -math.log(p_t) * ((1 - p_t) ** 2 if name == "focal-bce" else 1.0)
+
+    kept = [(2.0, 1), (0.5, 0), (0.0, 0), (3.0, 1)]
+    assert loss.item() == pytest.approx(sum(entry(z, y) for z, y in kept) / len(kept), rel=1e-5)
+    loss.backward()
+    assert logits.grad[ignore].abs().max() == 0
+    assert (logits.grad[~ignore] != 0).all()
+    no_mask = TARGET_LOSSES.get(name)(logits.detach(), target)  # without a mask: the plain mean
+    assert no_mask.item() == pytest.approx(sum(entry(z, y) for z, y in zip(logits.flatten().tolist(),
+                                                                            target.flatten().tolist())) / 6, rel=1e-5)
+
+
+def test_scratch_training_step_uses_the_batch_ignore_mask():
+    from sskt.methods.scratch import Scratch, ScratchOptions
+    from sskt.models.target import TargetNetwork
+
+    torch.manual_seed(0)
+    m = Scratch(TargetNetwork("cifar_resnet20", 3), ScratchOptions(), multilabel=True)
+    batch = {"image": torch.rand(2, 3, 16, 16), "target": torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]])}
+    everything = m.training_step(batch).losses["target"]
+    ignore = torch.tensor([[False, False, False], [False, False, True]])
+    masked = m.training_step({**batch, "ignore": ignore}).losses["target"]
+    logits = m.training_step(batch).logits
+    per_entry = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch["target"], reduction="none")
+    assert masked.item() == pytest.approx(per_entry[~ignore].mean().item(), rel=1e-5)
+    assert everything.item() == pytest.approx(per_entry.mean().item(), rel=1e-5)

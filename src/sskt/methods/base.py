@@ -181,7 +181,10 @@ def build_method(spec: dict, ctx: BuildContext) -> Method:
 
 
 def target_loss_fn(name: str, multilabel: bool, gamma: float = 2.0):
-    """The target loss by name; ``auto`` is cross-entropy, or BCE-with-logits for multi-label tasks."""
+    """The target loss by name; ``auto`` is cross-entropy, or BCE-with-logits for multi-label tasks.
+
+    Call it as ``loss(logits, batch)``: multi-label losses leave out the entries of the batch's
+    ``ignore`` mask (VOC "difficult"-only classes), as the mAP does."""
     from functools import partial
 
     from sskt.losses import TARGET_LOSSES
@@ -192,4 +195,7 @@ def target_loss_fn(name: str, multilabel: bool, gamma: float = 2.0):
         raise SSKTError(f"target_loss {name!r} is for single-label tasks; use 'bce' or 'focal-bce' for multi-label")
     if not multilabel and name in ("bce", "focal-bce"):
         raise SSKTError(f"target_loss {name!r} is for multi-label tasks; use 'ce' or 'focal'")
-    return partial(TARGET_LOSSES.get(name), gamma=gamma)
+    fn = partial(TARGET_LOSSES.get(name), gamma=gamma)
+    if not multilabel:
+        return lambda logits, batch: fn(logits, batch["target"])
+    return lambda logits, batch: fn(logits, batch["target"], batch.get("ignore"))

@@ -66,4 +66,4 @@ class Finetune(Method):
 
     def training_step(self, batch: dict[str, Tensor]) -> StepOutput:
         logits = self.target(batch["image"])
-        return StepOutput(logits, {"target": self.loss_fn(logits, batch["target"])})
+        return StepOutput(logits, {"target": self.loss_fn(logits, batch)})

@@ -34,4 +34,4 @@ class Scratch(Method):
 
     def training_step(self, batch: dict[str, Tensor]) -> StepOutput:
         logits = self.target(batch["image"])
-        return StepOutput(logits, {"target": self.loss_fn(logits, batch["target"])})
+        return StepOutput(logits, {"target": self.loss_fn(logits, batch)})

@@ -158,7 +158,7 @@ class SSKT(Method):
 
     def training_step(self, batch: dict[str, Tensor]) -> StepOutput:
         feats = self.target.forward_features(batch["image"])
-        losses = {"target": self.target_loss(feats.logits, batch["target"])}
+        losses = {"target": self.target_loss(feats.logits, batch)}
         teacher = self.soft_labels(batch)
         for src, (temperature, alpha) in zip(self.bank.sources, self.weights):
             aux_logits = self.heads[src.name](feats.pooled, feats.stages)
