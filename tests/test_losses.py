@@ -94,10 +94,10 @@ def test_scratch_training_step_uses_the_batch_ignore_mask():
     torch.manual_seed(0)
     m = Scratch(TargetNetwork("cifar_resnet20", 3), ScratchOptions(), multilabel=True)
     batch = {"image": torch.rand(2, 3, 16, 16), "target": torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]])}
-    everything = m.training_step(batch).losses["target"]
+    out = m.training_step(batch)
+    everything, logits = out.losses["target"], out.logits
     ignore = torch.tensor([[False, False, False], [False, False, True]])
     masked = m.training_step({**batch, "ignore": ignore}).losses["target"]
-    logits = m.training_step(batch).logits
     per_entry = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch["target"], reduction="none")
     assert masked.item() == pytest.approx(per_entry[~ignore].mean().item(), rel=1e-5)
     assert everything.item() == pytest.approx(per_entry.mean().item(), rel=1e-5)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,3 +33,16 @@ def tiny_config(tmp_path: Path, **sections: dict) -> dict:
     for key, value in sections.items():
         raw[key] = {**raw[key], **value} if isinstance(raw.get(key), dict) and key != "method" else value
     return raw
+
+
+class FakeModule:
+    """The bits of MethodModule a method's manual step uses (optimisers, manual_backward)."""
+
+    def __init__(self, optimizers: list) -> None:
+        self._optimizers, self._trainer = optimizers, None
+
+    def optimizers(self) -> Any:
+        return self._optimizers
+
+    def manual_backward(self, loss: Any) -> None:
+        loss.backward()

@@ -1,7 +1,7 @@
 """Loss functions: pure functions of tensors, registered by name.
 
-Target losses take ``(logits, target)`` (multi-label ones also an optional ``ignore`` mask); auxiliary (soft-label) losses take
-``(student_logits, teacher_logits, temperature)``. All return a scalar averaged over the batch.
+Target losses take ``(logits, target)`` (multi-label ones also an optional ``ignore`` mask);
+auxiliary (soft-label) losses take ``(student_logits, teacher_logits, temperature)``. All return a scalar averaged over the batch.
 """
 from __future__ import annotations
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -11,6 +10,7 @@ import torch
 from sskt.errors import SSKTError
 from sskt.methods.dml import DML, DMLOptions, peer_loss
 from sskt.models.target import TargetNetwork
+from testutils import FakeModule
 
 CHANCE = 10.0  # ten digit classes
 
@@ -49,19 +49,6 @@ def test_each_peer_gets_gradients_from_its_own_loss_only() -> None:
         assert all(p.grad is not None for p in peer.parameters())
         others = [q for j, q in enumerate(method.peers) if j != k]
         assert all(p.grad is None for q in others for p in q.parameters())
-
-
-class FakeModule:
-    """The bits of MethodModule a manual step uses."""
-
-    def __init__(self, optimizers: list) -> None:
-        self._optimizers, self._trainer = optimizers, None
-
-    def optimizers(self) -> Any:
-        return self._optimizers
-
-    def manual_backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
 
 
 def _step(update: str, batch: dict) -> DML:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -13,6 +12,7 @@ from sskt.errors import SSKTError
 from sskt.methods.maxl import (MAXL, MAXLOptions, batch_entropy_regulariser, hierarchy_mask, mask_softmax,
                                soft_focal_loss)
 from sskt.models.target import TargetNetwork
+from testutils import FakeModule
 
 CHANCE = 10.0  # ten digit classes
 
@@ -65,17 +65,6 @@ def test_generator_gets_a_nonzero_meta_gradient_and_only_through_the_look_ahead(
     assert all(g is None or float(g.abs().sum()) == 0 for g in grads0)
     # The generator's own labels feed the entropy term directly.
     assert any(g is not None and float(g.abs().sum()) > 0 for g in torch.autograd.grad(entropy, gen, allow_unused=True))
-
-
-class FakeModule:
-    def __init__(self, optimizers: list) -> None:
-        self._optimizers, self._trainer = optimizers, None
-
-    def optimizers(self) -> Any:
-        return self._optimizers
-
-    def manual_backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
 
 
 def test_manual_step_updates_both_networks_and_leaves_no_stale_gradients() -> None:

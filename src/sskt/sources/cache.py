@@ -402,7 +402,6 @@ class SoftLabelCache:
         n = images.shape[0]
         data_fp = dataset_fingerprint(images, targets)
         views = sample_views(n, spec.views, padding, flip, spec.seed, spec.mode)
-        spec.directory.mkdir(parents=True, exist_ok=True)
         with build_lock(spec.directory / f".{data_fp[:10]}-{spec.mode}.lock", log):
             files: dict[str, CacheFile] = {}
             todo: dict[str, set[int]] = {}
