@@ -136,13 +136,13 @@ def test_engine_multilabel_metric_is_classwise_map_with_ignore() -> None:
     # Class 1: ranking 0.9(+) 0.7(+) 0.6(-) 0.2(-) -> AP 1. Counting row 1 as a negative of class 0
     # would give ranking 0.9(+) 0.8(-) 0.3(+) -> AP (1 + 2/3) / 2.
     module = _module(2, multilabel=True)
-    module.metric.update(scores, targets, ignore)
-    result = module.metric.compute()
+    module.metrics["test"].update(scores, targets, ignore)
+    result = module.metrics["test"].compute()
     assert result["map"] == pytest.approx(1.0)
     assert result["map"] == pytest.approx(classwise_map(scores, targets, ignore)[0])
-    module.metric.reset()
-    module.metric.update(scores, targets)
-    assert module.metric.compute()["per_class"][0] == pytest.approx((1 + 2 / 3) / 2)
+    module.metrics["test"].reset()
+    module.metrics["test"].update(scores, targets)
+    assert module.metrics["test"].compute()["per_class"][0] == pytest.approx((1 + 2 / 3) / 2)
     # The legacy score is a separate number (per image), not the mAP.
     assert "legacy_samplewise_ap" in result
 
@@ -151,7 +151,7 @@ def test_engine_single_label_metric_unchanged() -> None:
     import torchmetrics
 
     module = _module(3, multilabel=False)
-    assert isinstance(module.metric, torchmetrics.classification.MulticlassAccuracy) and module.metric_name == "acc"
+    assert isinstance(module.metrics["test"], torchmetrics.classification.MulticlassAccuracy) and module.metric_name == "acc"
 
 
 def test_evaluate_model_uses_ignore_mask() -> None:

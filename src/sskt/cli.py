@@ -53,8 +53,9 @@ def load_config(items: Sequence[str], base: dict | None = None):
 
 def _print_result(result) -> None:
     name = "mAP" if result.metric == "map" else "top-1"
-    print(f"test {name}: final {result.final:.2f}%  best {result.best:.2f}%  "
-          f"({len(result.history)} evaluations) -> {result.out_dir}/result.json")
+    best = "" if result.best is None else f"  at best val: {result.best:.2f}%"
+    print(f"test {name}: final {result.final:.2f}%{best}  ({len(result.history)} evaluations) -> "
+          f"{result.out_dir}/result.json")
 
 
 @command("train", "train a target with any method (scratch, sskt, kd, ...) from a YAML experiment")

@@ -26,6 +26,7 @@ import argparse
 import copy
 import csv
 import json
+import math
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -40,7 +41,8 @@ from sskt.errors import SSKTError
 
 # Keys of result.json written by the engine itself; anything else came from method.extra_results().
 _ENGINE_KEYS = {"name", "seed", "config", "versions", "metric", "final", "best", "history", "train_seconds",
-                "wall_seconds_this_invocation", "resumed_from", "train_images", "test_images", "machine"}
+                "wall_seconds_this_invocation", "resumed_from", "train_images", "test_images", "machine",
+                "best_epoch", "best_val", "val_images", "unlabeled_images", "wall_seconds"}
 # Settings that change how a run is shown or stored, not what it computes: ignored when reusing a run.
 _COSMETIC = {("train", "progress_bar"), ("train", "log_every_n_steps"), ("train", "tensorboard"),
              ("train", "resume"), ("data", "num_workers"), ("train", "checkpoint_every")}
@@ -207,17 +209,20 @@ def summarise(cfg: CompareConfig, records: dict[tuple[str, int], dict]) -> Summa
             elif vals and all(x == vals[0] for x in vals):
                 notes.append(f"{k} {vals[0]}")
         fm, fs = _mean_std(finals)
-        bm, bs = _mean_std(bests)
+        # best = test score at the best validation score; absent (None) for runs without a validation split.
+        bm, bs = _mean_std(bests) if all(b is not None for b in bests) else (math.nan, math.nan)
         rows.append({"variant": v.name, "method": v.method.get("name", "?"), "seeds": len(recs),
                      "final_mean": fm, "final_std": fs, "best_mean": bm, "best_std": bs,
                      "per_seed_final": {s: r["final"] for s, r in recs},
                      "per_seed_best": {s: r["best"] for s, r in recs},
                      "train_minutes": statistics.fmean(r.get("train_seconds", 0.0) for _, r in recs) / 60,
+                     "wall_minutes": statistics.fmean(_wall_seconds(r) for _, r in recs) / 60,
                      "notes": "; ".join(notes),
                      "curves": [[(h["epoch"], h[f"test_{metric}"]) for h in r["history"]] for _, r in recs]})
         for s, r in recs:
             runs.append({"variant": v.name, "method": v.method.get("name", "?"), "seed": s, "final": r["final"],
                          "best": r["best"], "train_seconds": round(r.get("train_seconds", 0.0), 1),
+                         "wall_seconds": round(_wall_seconds(r), 1),
                          "out_dir": str(Path(cfg.out_dir) / v.name / f"seed{s}")})
     return Summary(metric, rows, runs)
 
@@ -226,14 +231,16 @@ def write_tables(summary: Summary, out_dir: Path, title: str) -> tuple[Path, Pat
     label = "mAP" if summary.metric == "map" else "top-1"
     seeds = sorted({s for r in summary.rows for s in r["per_seed_final"]})
     lines = [f"# {title}", "",
-             f"Test {label} (%) at the last epoch (final) and the best evaluation (best): mean ± sample std "
-             f"over seeds; per-seed finals in seed order {seeds}.", "",
-             "| variant | method | seeds | final | best | per-seed final | train min/run | notes |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"Test {label} (%) at the last epoch (final) and at the evaluation with the best validation score "
+             f"(best at val; — without a validation split): mean ± sample std over seeds; per-seed finals in "
+             f"seed order {seeds}. Wall time per run includes building soft-label caches.", "",
+             "| variant | method | seeds | final | best at val | per-seed final | train min/run | wall min/run | notes |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in summary.rows:
         per_seed = ", ".join(f"{x:.2f}" for x in r["per_seed_final"].values())
+        best = "—" if math.isnan(r["best_mean"]) else f"{r['best_mean']:.2f} ± {r['best_std']:.2f}"
         lines.append(f"| {r['variant']} | {r['method']} | {r['seeds']} | {r['final_mean']:.2f} ± {r['final_std']:.2f} "
-                     f"| {r['best_mean']:.2f} ± {r['best_std']:.2f} | {per_seed} | {r['train_minutes']:.1f} "
+                     f"| {best} | {per_seed} | {r['train_minutes']:.1f} | {r['wall_minutes']:.1f} "
                      f"| {r['notes']} |")
     md = out_dir / "summary.md"
     md.write_text("\n".join(lines) + "\n")
@@ -241,12 +248,14 @@ def write_tables(summary: Summary, out_dir: Path, title: str) -> tuple[Path, Pat
     with csv_path.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["variant", "method", "seeds", "final_mean", "final_std", "best_mean", "best_std",
-                    *[f"final_seed{s}" for s in seeds], *[f"best_seed{s}" for s in seeds], "notes"])
+                    *[f"final_seed{s}" for s in seeds], *[f"best_seed{s}" for s in seeds], "train_minutes",
+                    "wall_minutes", "notes"])
         for r in summary.rows:
-            w.writerow([r["variant"], r["method"], r["seeds"], *(f"{r[k]:.4f}" for k in
+            w.writerow([r["variant"], r["method"], r["seeds"], *(_fmt(r[k]) for k in
                         ("final_mean", "final_std", "best_mean", "best_std")),
                         *(_fmt(r["per_seed_final"].get(s)) for s in seeds),
-                        *(_fmt(r["per_seed_best"].get(s)) for s in seeds), r["notes"]])
+                        *(_fmt(r["per_seed_best"].get(s)) for s in seeds), f"{r['train_minutes']:.2f}",
+                        f"{r['wall_minutes']:.2f}", r["notes"]])
     runs_path = out_dir / "runs.csv"
     with runs_path.open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(summary.runs[0]) if summary.runs else ["variant"])
@@ -256,7 +265,13 @@ def write_tables(summary: Summary, out_dir: Path, title: str) -> tuple[Path, Pat
 
 
 def _fmt(x: float | None) -> str:
-    return "" if x is None else f"{x:.4f}"
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"
+
+
+def _wall_seconds(record: dict) -> float:
+    """Wall time of the whole run (every invocation, cache building included); older records only
+    have their last invocation's."""
+    return float(record.get("wall_seconds", record.get("wall_seconds_this_invocation", 0.0)))
 
 
 def write_charts(summary: Summary, out_dir: Path, title: str) -> tuple[Path, Path]:
@@ -343,8 +358,8 @@ def compare(config: CompareConfig | str | Path, overrides: Sequence[str] = (),
         records[(v.name, s)] = record
         if was_reused:
             reused.append(f"{v.name}/seed{s}")
-        print(f"  final {record['final']:.2f}  best {record['best']:.2f}" + ("  (reused)" if was_reused else ""),
-              flush=True)
+        best = "" if record.get("best") is None else f"  best at val {record['best']:.2f}"
+        print(f"  final {record['final']:.2f}{best}" + ("  (reused)" if was_reused else ""), flush=True)
     result: dict[str, Any] = {"reused": reused, "failed": failed, "out_dir": str(out_dir),
                               "minutes_this_invocation": round((time.perf_counter() - started) / 60, 2)}
     if records:

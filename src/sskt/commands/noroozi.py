@@ -21,7 +21,8 @@ def run_pretext(args: argparse.Namespace) -> int:
     cfg = load_config(args.items, base={"name": f"pretext-{args.task}", "out_dir": f"runs/pretext-{args.task}"})
     cfg.method = {**cfg.method, "name": args.task}  # options of the YAML / overrides are the task's
     result = fit(cfg)
-    print(f"pretext top-1 (test split): final {result.final:.2f}%  best {result.best:.2f}%  -> "
+    best = "" if result.best is None else f"  at best val {result.best:.2f}%"
+    print(f"pretext top-1 (test split): final {result.final:.2f}%{best}  -> "
           f"{result.out_dir}/result.json")
     print(f"trunk: {result.checkpoint} (sskt evaluate --protocol linear|knn|finetune, "
           f"or method.teacher of sskt cluster-transfer)")

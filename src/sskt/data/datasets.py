@@ -32,6 +32,16 @@ class DataConfig:
     setting SSKT is for); ``subset_seed`` fixes that subset independently of the training seed, so
     seeds compare methods on the same labels. ``test_per_class`` shrinks the test split (for quick
     checks only). ``grayscale_to_rgb`` repeats grey images to 3 channels.
+
+    ``val_per_class`` holds N more labelled images per class of the training split out as a
+    validation split (disjoint from the labelled subset, the unlabelled images and the test split):
+    "best" and every selection are made on it, never on the test split.
+
+    ``unlabeled``: images the auxiliary losses learn from without labels: ``rest`` (the training
+    split's images outside the labelled subset and the validation split), or a folder of images of
+    any size (searched recursively, resized to the training images' size); ``unlabeled_count`` keeps a
+    seeded N of them. Each training batch then holds ``unlabeled_ratio`` unlabelled images per
+    labelled one (an epoch is still one pass over the labelled images).
     """
 
     dataset: str = "cifar10"
@@ -48,6 +58,20 @@ class DataConfig:
     download: bool = False
     num_workers: int = 0
     options: dict | None = None  # dataset-specific settings
+    val_per_class: int | None = None
+    unlabeled: str | None = None  # rest | a folder of images
+    unlabeled_count: int | None = None
+    unlabeled_ratio: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.val_per_class is not None and self.val_per_class < 1:
+            raise SSKTError(f"data.val_per_class must be >= 1, got {self.val_per_class}")
+        if self.unlabeled_count is not None and self.unlabeled_count < 1:
+            raise SSKTError(f"data.unlabeled_count must be >= 1, got {self.unlabeled_count}")
+        if self.unlabeled_ratio <= 0:
+            raise SSKTError(f"data.unlabeled_ratio must be > 0, got {self.unlabeled_ratio}")
+        if self.unlabeled is not None and not isinstance(self.unlabeled, str):
+            raise SSKTError(f"data.unlabeled must be 'rest' or a folder of images, got {self.unlabeled!r}")
 
 
 DatasetBuilder = Callable[[DataConfig], ImageSplits]
@@ -78,6 +102,59 @@ def per_class_indices(labels: Tensor, n: int | None, seed: int, classes: list[st
     return torch.cat(chosen).sort().values
 
 
+@dataclass
+class TrainPartition:
+    """Indices of the training split's images: labelled, validation and unlabelled (disjoint, sorted)."""
+
+    labeled: Tensor
+    val: Tensor | None
+    unlabeled: Tensor | None
+
+
+def partition_train(labels: Tensor, cfg: DataConfig, classes: list[str]) -> TrainPartition:
+    """Split the training split into the labelled subset, the validation split and the unlabelled pool.
+
+    The labelled subset is the same with or without a validation split or unlabelled images (it is
+    drawn first, with ``subset_seed``), so runs with and without them train on the same labels.
+    """
+    n = len(labels)
+    val = None
+    if cfg.per_class is None and cfg.val_per_class is not None:
+        # Everything is labelled: the validation images come out of the labelled ones.
+        val = per_class_indices(labels, cfg.val_per_class, cfg.subset_seed + 7919, classes, cfg.train_split)
+        labeled = _without(torch.arange(n), val)
+    else:
+        labeled = per_class_indices(labels, cfg.per_class, cfg.subset_seed, classes, cfg.train_split)
+        if cfg.val_per_class is not None:
+            rest = _without(torch.arange(n), labeled)
+            try:
+                pick = per_class_indices(labels[rest], cfg.val_per_class, cfg.subset_seed + 7919, classes,
+                                         cfg.train_split)
+            except SSKTError:
+                raise SSKTError(f"data.val_per_class={cfg.val_per_class}: some class has too few training images "
+                                f"outside the {cfg.per_class} labelled per class; lower val_per_class") from None
+            val = rest[pick]
+    unlabeled = None
+    if cfg.unlabeled == "rest":
+        taken = labeled if val is None else torch.cat([labeled, val])
+        unlabeled = _without(torch.arange(n), taken)
+        if len(unlabeled) == 0:
+            raise SSKTError("data.unlabeled=rest but every training image is labelled; set data.per_class")
+        if cfg.unlabeled_count is not None:
+            if cfg.unlabeled_count > len(unlabeled):
+                raise SSKTError(f"data.unlabeled_count={cfg.unlabeled_count} but only {len(unlabeled)} training "
+                                f"images are left unlabelled; lower unlabeled_count")
+            g = torch.Generator().manual_seed(cfg.subset_seed + 104729)
+            unlabeled = unlabeled[torch.randperm(len(unlabeled), generator=g)[:cfg.unlabeled_count]].sort().values
+    return TrainPartition(labeled, val, unlabeled)
+
+
+def _without(indices: Tensor, drop: Tensor) -> Tensor:
+    keep = torch.ones(int(indices.max()) + 1 if len(indices) else 0, dtype=torch.bool)
+    keep[drop] = False
+    return indices[keep[indices]]
+
+
 def _require_root(cfg: DataConfig) -> Path:
     if cfg.root is None:
         raise SSKTError(f"dataset {cfg.dataset!r} needs data.root (a local folder)")
@@ -90,11 +167,16 @@ def _require_root(cfg: DataConfig) -> Path:
 def _finish(cfg: DataConfig, train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor,
             classes: list[str], **meta: object) -> ImageSplits:
     """Subset, grey -> RGB, resize; shared by the in-memory datasets."""
-    tr = per_class_indices(train_y, cfg.per_class, cfg.subset_seed, classes, cfg.train_split)
+    part = partition_train(train_y, cfg, classes)
     te = per_class_indices(test_y, cfg.test_per_class, cfg.subset_seed, classes, cfg.test_split)
-    train_x, test_x = _shape(train_x[tr], cfg), _shape(test_x[te], cfg)
-    return ImageSplits(ImageTensorDataset(train_x, train_y[tr].long()), ImageTensorDataset(test_x, test_y[te].long()),
-                       classes, meta=dict(meta))
+    tr = part.labeled
+    splits = ImageSplits(ImageTensorDataset(_shape(train_x[tr], cfg), train_y[tr].long()),
+                         ImageTensorDataset(_shape(test_x[te], cfg), test_y[te].long()), classes, meta=dict(meta))
+    if part.val is not None:
+        splits.val = ImageTensorDataset(_shape(train_x[part.val], cfg), train_y[part.val].long())
+    if part.unlabeled is not None:
+        splits.unlabeled = _shape(train_x[part.unlabeled], cfg)
+    return splits
 
 
 def _shape(x: Tensor, cfg: DataConfig) -> Tensor:
@@ -289,20 +371,62 @@ def imagefolder(cfg: DataConfig) -> ImageSplits:
             raise SSKTError(f"{d} has no class folders")
         return sorted(p for c in classes for p in (d / c).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), classes
 
-    out = []
-    classes: list[str] = []
-    for split, n in ((cfg.train_split, cfg.per_class), (cfg.test_split, cfg.test_per_class)):
-        files, split_classes = listing(split)
-        if classes and split_classes != classes:
-            raise SSKTError(f"{root}/{split} has different class folders from {root}/{cfg.train_split}")
-        classes = split_classes
-        labels = torch.tensor([classes.index(p.parent.name) for p in files])
-        keep = per_class_indices(labels, n, cfg.subset_seed, classes, split)
-        images = decode_images([files[i] for i in keep.tolist()], cfg.image_size)
-        out.append(ImageTensorDataset(_shape(images, cfg), labels[keep]))
-    return ImageSplits(out[0], out[1], classes)
+    files, classes = listing(cfg.train_split)
+    labels = torch.tensor([classes.index(p.parent.name) for p in files])
+    part = partition_train(labels, cfg, classes)
+
+    def decoded(keep: Tensor) -> ImageTensorDataset:
+        return ImageTensorDataset(_shape(decode_images([files[i] for i in keep.tolist()], cfg.image_size), cfg),
+                                  labels[keep])
+
+    train = decoded(part.labeled)
+    test_files, test_classes = listing(cfg.test_split)
+    if test_classes != classes:
+        raise SSKTError(f"{root}/{cfg.test_split} has different class folders from {root}/{cfg.train_split}")
+    test_labels = torch.tensor([classes.index(p.parent.name) for p in test_files])
+    keep = per_class_indices(test_labels, cfg.test_per_class, cfg.subset_seed, classes, cfg.test_split)
+    test = ImageTensorDataset(_shape(decode_images([test_files[i] for i in keep.tolist()], cfg.image_size), cfg),
+                              test_labels[keep])
+    splits = ImageSplits(train, test, classes)
+    if part.val is not None:
+        splits.val = decoded(part.val)
+    if part.unlabeled is not None:
+        splits.unlabeled = decoded(part.unlabeled).images
+    return splits
 
 
 def load_data(cfg: DataConfig) -> ImageSplits:
-    """The train and test splits of ``cfg.dataset``, subset and decoded."""
-    return DATASETS.get(cfg.dataset)(cfg)
+    """The train and test splits of ``cfg.dataset``, subset and decoded, with the validation split and the
+    unlabelled images when the config asks for them."""
+    splits = DATASETS.get(cfg.dataset)(cfg)
+    if cfg.val_per_class is not None and splits.val is None:
+        raise SSKTError(f"dataset {cfg.dataset!r} does not support data.val_per_class yet; drop it")
+    if cfg.unlabeled is not None and cfg.unlabeled != "rest":
+        splits.unlabeled = unlabeled_folder(cfg, tuple(splits.train.images.shape[1:]))
+    elif cfg.unlabeled == "rest" and splits.unlabeled is None:
+        raise SSKTError(f"dataset {cfg.dataset!r} does not support data.unlabeled=rest; give a folder of images")
+    return splits
+
+
+def unlabeled_folder(cfg: DataConfig, shape: tuple[int, ...]) -> Tensor:
+    """Every image under the folder ``cfg.unlabeled`` (recursively; any size, resized to ``shape``'s
+    height and width), or a seeded ``cfg.unlabeled_count`` of them."""
+    root = Path(str(cfg.unlabeled)).expanduser()
+    if not root.is_dir():
+        raise SSKTError(f"data.unlabeled: {root} is not a folder; give 'rest' or a folder of images")
+    if len(shape) != 3:
+        raise SSKTError("data.unlabeled folders hold images; video targets can't use them")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise SSKTError(f"data.unlabeled: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}")
+    if cfg.unlabeled_count is not None:
+        if cfg.unlabeled_count > len(files):
+            raise SSKTError(f"data.unlabeled_count={cfg.unlabeled_count} but {root} holds {len(files)} images")
+        g = torch.Generator().manual_seed(cfg.subset_seed + 104729)
+        files = [files[i] for i in torch.randperm(len(files), generator=g)[:cfg.unlabeled_count].sort().values]
+    if shape[-1] != shape[-2]:
+        raise SSKTError("data.unlabeled folders need square training images; set data.image_size")
+    images = decode_images(files, shape[-1])
+    if shape[0] == 1:
+        images = images[:, :1]  # grey training images: keep one channel (the first of the decoded RGB)
+    return images

@@ -53,14 +53,37 @@ def collate_batch(batch: dict[str, Tensor]) -> dict[str, Tensor]:
 
 @dataclass
 class ImageSplits:
-    """A dataset's train and test splits, its class names and task kind."""
+    """A dataset's train and test splits, its class names and task kind; optionally a validation split
+    (held out of the training split, for every selection) and unlabelled training images."""
 
     train: ImageTensorDataset
     test: ImageTensorDataset
     classes: list[str]
     multilabel: bool = False
     meta: dict = field(default_factory=dict)
+    val: ImageTensorDataset | None = None
+    unlabeled: Tensor | None = None  # uint8 images without labels, shaped like train.images
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def training_set(self) -> ImageTensorDataset:
+        """What a method trains on: the labelled images, then the unlabelled ones (if any).
+
+        Every batch carries ``labeled`` (bool per image); unlabelled rows have target -1 (single-label)
+        or all zeros (multi-label). Target losses see only labelled rows; auxiliary losses see all.
+        """
+        n = len(self.train)
+        if self.unlabeled is None:
+            return ImageTensorDataset(self.train.images, self.train.targets,
+                                      {**self.train.extras, "labeled": torch.ones(n, dtype=torch.bool)})
+        u = self.unlabeled
+        if u.shape[1:] != self.train.images.shape[1:]:
+            raise ValueError(f"unlabelled images are {tuple(u.shape[1:])}, training images "
+                             f"{tuple(self.train.images.shape[1:])}")
+        t = self.train.targets
+        fill = torch.full((len(u),), -1, dtype=t.dtype) if t.ndim == 1 else torch.zeros(len(u), *t.shape[1:], dtype=t.dtype)
+        extras = {k: torch.cat([v, torch.zeros(len(u), *v.shape[1:], dtype=v.dtype)]) for k, v in self.train.extras.items()}
+        extras["labeled"] = torch.cat([torch.ones(n, dtype=torch.bool), torch.zeros(len(u), dtype=torch.bool)])
+        return ImageTensorDataset(torch.cat([self.train.images, u]), torch.cat([t, fill]), extras)

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from sskt.data.augment import BatchAugment, to_float
 from sskt.errors import SSKTError
-from sskt.methods.base import Method
+from sskt.methods.base import Method, labeled_rows
 from sskt.metrics import MultilabelMAP
 
 
@@ -20,6 +20,8 @@ class MethodModule(L.LightningModule):
     """Owns the loop's plumbing so a method holds only its maths: augmentation, optimiser and
     schedule, metrics (top-1 or mAP), per-loss logging, the NaN guard, and the per-epoch history.
 
+    Each evaluation scores the validation split (``val/...``, when the data has one: every selection
+    is made on it) and the test split (``test/...``, reported, never selected on).
     Multi-label tasks report the standard per-class mAP (``test/map``: one AP per class over the whole
     test set, entries in the batch's ``ignore`` mask left out, then the mean), each class's AP
     (``test/ap/<class>``) and the SSKT code's per-image AP as ``test/legacy_samplewise_ap`` (not mAP).
@@ -40,16 +42,18 @@ class MethodModule(L.LightningModule):
         self.classes = list(classes) if classes else [str(i) for i in range(num_classes)]
         self.automatic_optimization = method.automatic_optimization
         self.strict_loading = False  # frozen modules are not in the checkpoint
-        if multilabel:
-            self.metric = MultilabelMAP()
-        else:
-            self.metric = torchmetrics.classification.MulticlassAccuracy(
+        # Evaluation splits in the order of the engine's evaluation loaders ("val" first when there is one).
+        self.eval_splits: list[str] = ["test"]
+        self.metrics = torch.nn.ModuleDict({
+            split: MultilabelMAP() if multilabel else torchmetrics.classification.MulticlassAccuracy(
                 num_classes=method.eval_num_classes or num_classes, average="micro")
+            for split in ("val", "test")})
         self.history: list[dict[str, float]] = []
         self.train_seconds = 0.0  # time in training steps only (no evaluation), summed over resumes
         self._step_start = 0.0
         self._loss_sum, self._loss_count = 0.0, 0
         self._augment: BatchAugment | None = None
+        self._wall_start, self._wall_before = time.perf_counter(), 0.0
 
     @property
     def metric_name(self) -> str:
@@ -87,9 +91,13 @@ class MethodModule(L.LightningModule):
         for name, value in out.losses.items():
             self.log(f"train/{name}", value.detach(), on_step=True, on_epoch=True, batch_size=bs)
         if not self.multilabel:
-            labels = batch["target"] if out.targets is None else out.targets  # pretext / pseudo-labels
-            acc = (out.logits.detach().argmax(1) == labels).float().mean()
-            self.log("train/acc", acc, on_step=False, on_epoch=True, batch_size=bs)
+            if out.targets is not None:  # pretext / pseudo-labels
+                logits, labels = out.logits, out.targets
+            else:  # the labelled images only
+                logits, labelled = labeled_rows(out.logits, batch)
+                labels = labelled["target"]
+            acc = (logits.detach().argmax(1) == labels).float().mean()
+            self.log("train/acc", acc, on_step=False, on_epoch=True, batch_size=labels.shape[0])
         return loss
 
     def _check_finite(self, loss: Tensor, parts: dict[str, Tensor]) -> None:
@@ -100,35 +108,41 @@ class MethodModule(L.LightningModule):
                 f"lower train.lr, or check the inputs and sources for NaN"
             )
 
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        split = self.eval_splits[dataloader_idx]
         logits, target = self.method.evaluation_batch({**batch, "image": to_float(batch["image"])})
+        metric = self.metrics[split]
         if self.multilabel:
             ignore = batch.get("ignore")
-            self.metric.update(logits.float(), target, ignore)
+            metric.update(logits.float(), target, ignore)
             weight = None if ignore is None else (~ignore.bool()).float()
             loss = F.binary_cross_entropy_with_logits(logits.float(), target.float(), weight=weight)
         else:
-            self.metric.update(logits.float(), target)
+            metric.update(logits.float(), target)
             loss = F.cross_entropy(logits.float(), target)
-        self.log("test/loss", loss, on_epoch=True, batch_size=logits.shape[0], sync_dist=True)
+        self.log(f"{split}/loss", loss, on_epoch=True, batch_size=logits.shape[0], sync_dist=True,
+                 add_dataloader_idx=False)
 
     def on_validation_epoch_end(self) -> None:
-        extra: dict[str, float] = {}
-        if self.multilabel:
-            result = self.metric.compute()  # already gathered over processes: no sync_dist needed
-            value = result["map"] * 100.0
-            extra["test_legacy_samplewise_ap"] = result["legacy_samplewise_ap"] * 100.0
-            self.log("test/legacy_samplewise_ap", extra["test_legacy_samplewise_ap"])
-            for name, ap in zip(self.classes, result["per_class"].tolist()):
-                if ap == ap:  # a class without positives has AP NaN: not logged
-                    self.log(f"test/ap/{name}", ap * 100.0)
-        else:
-            value = float(self.metric.compute()) * 100.0
-        self.metric.reset()
-        self.log(f"test/{self.metric_name}", value, sync_dist=not self.multilabel)
+        entry: dict[str, float] = {"epoch": self.current_epoch}
+        for split in self.eval_splits:
+            metric = self.metrics[split]
+            if self.multilabel:
+                result = metric.compute()  # already gathered over processes: no sync_dist needed
+                value = result["map"] * 100.0
+                entry[f"{split}_legacy_samplewise_ap"] = result["legacy_samplewise_ap"] * 100.0
+                self.log(f"{split}/legacy_samplewise_ap", entry[f"{split}_legacy_samplewise_ap"])
+                if split == "test":
+                    for name, ap in zip(self.classes, result["per_class"].tolist()):
+                        if ap == ap:  # a class without positives has AP NaN: not logged
+                            self.log(f"test/ap/{name}", ap * 100.0)
+            else:
+                value = float(metric.compute()) * 100.0
+            metric.reset()
+            self.log(f"{split}/{self.metric_name}", value, sync_dist=not self.multilabel)
+            entry[f"{split}_{self.metric_name}"] = value
         if not self.trainer.sanity_checking:
-            entry = {"epoch": self.current_epoch, f"test_{self.metric_name}": value, **extra,
-                     "train_seconds": round(self.train_seconds, 2)}
+            entry["train_seconds"] = round(self.train_seconds, 2)
             if self._loss_count:
                 entry["train_loss"] = self._loss_sum / self._loss_count
             self.history = [h for h in self.history if h["epoch"] != self.current_epoch] + [entry]
@@ -147,12 +161,18 @@ class MethodModule(L.LightningModule):
         if prefixes:
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(prefixes)}
         checkpoint["sskt_config"] = self.config
-        checkpoint["sskt"] = {"history": self.history, "train_seconds": self.train_seconds}
+        checkpoint["sskt"] = {"history": self.history, "train_seconds": self.train_seconds,
+                              "wall_seconds": self.wall_seconds()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("sskt", {})
         self.history = list(state.get("history", []))
         self.train_seconds = float(state.get("train_seconds", 0.0))
+        self._wall_before = float(state.get("wall_seconds", 0.0))
+
+    def wall_seconds(self) -> float:
+        """Wall time of the run so far, over every invocation (cache building and evaluation included)."""
+        return self._wall_before + time.perf_counter() - self._wall_start
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Any) -> torch.optim.lr_scheduler.LRScheduler:

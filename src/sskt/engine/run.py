@@ -1,6 +1,8 @@
 """fit / evaluate / export: the Python API behind the CLI."""
 from __future__ import annotations
 
+import sys
+
 import logging
 import os
 import platform
@@ -17,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from sskt.config import ExperimentConfig
 from sskt.data.datasets import load_data
+from sskt.data.sampling import MixedBatchSampler, epochs_per_unlabeled_pass
 from sskt.data.tensor_dataset import ImageSplits, ImageTensorDataset, collate_batch
 from sskt.engine.io import atomic_json_dump, atomic_torch_save
 from sskt.engine.lit import MethodModule
@@ -72,20 +75,28 @@ class RunResult:
 def build_context(cfg: ExperimentConfig, splits: ImageSplits, for_training: bool = True) -> BuildContext:
     return BuildContext(num_classes=splits.num_classes, input_shape=tuple(splits.train.images.shape[1:]),
                         multilabel=splits.multilabel, target=cfg.target, seed=cfg.seed, classes=splits.classes,
-                        train_data=splits.train, data=cfg.data, test_data=splits.test, for_training=for_training)
+                        train_data=splits.training_set(), data=cfg.data, test_data=splits.test,
+                        for_training=for_training, val_data=splits.val)
 
 
-def loaders(cfg: ExperimentConfig, splits: ImageSplits) -> tuple[DataLoader, DataLoader]:
+def loaders(cfg: ExperimentConfig, splits: ImageSplits, train_set: ImageTensorDataset
+            ) -> tuple[DataLoader, dict[str, DataLoader]]:
+    """The training loader (seeded :class:`MixedBatchSampler`: labelled + unlabelled images, resumable,
+    sharded over DDP ranks) and the evaluation loaders by split name (``val`` first when there is one)."""
     workers = cfg.data.num_workers
     if len(splits.train) < cfg.train.batch_size:
         raise SSKTError(f"the training split has {len(splits.train)} images, fewer than train.batch_size="
                         f"{cfg.train.batch_size}; lower the batch size")
-    # drop_last keeps BatchNorm away from a 1-image last batch.
-    train = DataLoader(splits.train, batch_size=cfg.train.batch_size, shuffle=True, drop_last=True,
-                       collate_fn=collate_batch, num_workers=workers, persistent_workers=workers > 0)
-    test = DataLoader(splits.test, batch_size=cfg.train.eval_batch_size, shuffle=False, collate_fn=collate_batch,
-                      num_workers=workers, persistent_workers=workers > 0)
-    return train, test
+    n_unlabeled = 0 if splits.unlabeled is None else len(splits.unlabeled)
+    # Full batches only: BatchNorm never sees a 1-image last batch.
+    sampler = MixedBatchSampler(len(splits.train), n_unlabeled, cfg.train.batch_size, cfg.data.unlabeled_ratio,
+                                seed=cfg.seed)
+    train = DataLoader(train_set, batch_sampler=sampler, collate_fn=collate_batch, num_workers=workers,
+                       persistent_workers=workers > 0)
+    evals = {name: DataLoader(data, batch_size=cfg.train.eval_batch_size, shuffle=False, collate_fn=collate_batch,
+                              num_workers=workers, persistent_workers=workers > 0)
+             for name, data in (("val", splits.val), ("test", splits.test)) if data is not None}
+    return train, evals
 
 
 def _versions() -> dict[str, str]:
@@ -110,6 +121,7 @@ def make_trainer(cfg: ExperimentConfig, out_dir: Path, callbacks: Sequence[L.Cal
     return L.Trainer(
         max_epochs=t.epochs, accelerator=t.accelerator, devices=t.devices, strategy=t.strategy,
         num_nodes=t.num_nodes, precision=t.precision, logger=logs, callbacks=[ckpt, *callbacks],
+        use_distributed_sampler=False,  # MixedBatchSampler shards training batches itself (seeded, resumable)
         plugins=[AtomicCheckpointIO()], enable_progress_bar=t.progress_bar, log_every_n_steps=t.log_every_n_steps,
         check_val_every_n_epoch=t.eval_every, num_sanity_val_steps=0, default_root_dir=out_dir,
         limit_train_batches=t.limit_train_batches, enable_model_summary=False, enable_checkpointing=False,
@@ -130,10 +142,21 @@ def fit(cfg: ExperimentConfig, callbacks: Sequence[L.Callback] = ()) -> RunResul
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     out_dir = Path(cfg.out_dir)
     splits = load_data(cfg.data)
-    method = build_method(cfg.method, build_context(cfg, splits))
+    ctx = build_context(cfg, splits)
+    method = build_method(cfg.method, ctx)
+    if splits.unlabeled is not None:
+        if not method.learns_from_unlabeled:
+            raise SSKTError(f"method {cfg.method.get('name')!r} does not learn from unlabelled images; drop "
+                            f"data.unlabeled (methods that do: {', '.join(learning_from_unlabeled())})")
+        passes = epochs_per_unlabeled_pass(len(splits.train), len(splits.unlabeled), cfg.train.batch_size,
+                                           cfg.data.unlabeled_ratio)
+        print(f"sskt: {len(splits.train)} labelled + {len(splits.unlabeled)} unlabelled training images; every "
+              f"unlabelled image is seen once every {passes:.1f} epoch(s)", file=sys.stderr, flush=True)
     module = MethodModule(method, cfg.train, cfg.data.crop_padding, cfg.data.flip, splits.num_classes,
                           splits.multilabel, cfg.seed, cfg.to_dict(), splits.classes)
-    train_loader, test_loader = loaders(cfg, splits)
+    module._wall_start = started  # the run's wall time includes loading data and building caches
+    train_loader, eval_loaders = loaders(cfg, splits, ctx.train_data)
+    module.eval_splits = list(eval_loaders)
     trainer = make_trainer(cfg, out_dir, callbacks)
     last = out_dir / "checkpoints" / "last.ckpt"
     resume = str(last) if cfg.train.resume and last.is_file() else None
@@ -141,7 +164,7 @@ def fit(cfg: ExperimentConfig, callbacks: Sequence[L.Callback] = ()) -> RunResul
         for expected in _EXPECTED_WARNINGS:
             warnings.filterwarnings("ignore", message=expected)
         # Our checkpoints hold tensors and plain data only: resume without unpickling arbitrary objects.
-        trainer.fit(module, train_loader, test_loader, ckpt_path=resume, weights_only=True)
+        trainer.fit(module, train_loader, list(eval_loaders.values()), ckpt_path=resume, weights_only=True)
     if trainer.interrupted:
         raise SSKTError(f"training was interrupted; run the same command again to resume from {last}")
     history = module.history
@@ -150,16 +173,36 @@ def fit(cfg: ExperimentConfig, callbacks: Sequence[L.Callback] = ()) -> RunResul
         raise SSKTError("training finished without an evaluation; set train.eval_every to divide train.epochs")
     record = {
         "name": cfg.name, "seed": cfg.seed, "config": cfg.to_dict(), "versions": _versions(),
-        "metric": module.metric_name, "final": history[-1][key], "best": max(h[key] for h in history),
+        "metric": module.metric_name, "final": history[-1][key], **best_by_validation(history, module.metric_name),
         "history": history, "train_seconds": module.train_seconds,
         "wall_seconds_this_invocation": round(time.perf_counter() - started, 2), "resumed_from": resume,
+        "wall_seconds": round(module.wall_seconds(), 2),
         "train_images": len(splits.train), "test_images": len(splits.test), "machine": platform.machine(),
+        "val_images": len(splits.val) if splits.val is not None else 0,
+        "unlabeled_images": len(splits.unlabeled) if splits.unlabeled is not None else 0,
         **method.extra_results(),
     }
     if trainer.is_global_zero:
         atomic_json_dump(record, out_dir / "result.json")
         method.target.save(out_dir / "target.pt", classes=splits.classes)
     return RunResult(out_dir, module.metric_name, record["final"], record["best"], history, record)
+
+
+def best_by_validation(history: list[dict], metric: str) -> dict[str, Any]:
+    """``best``: the test metric at the evaluation with the best validation metric (None without a
+    validation split: picking the best test score would select on the test split), with its epoch."""
+    key = f"val_{metric}"
+    scored = [h for h in history if key in h]
+    if not scored:
+        return {"best": None, "best_epoch": None, "best_val": None}
+    top = max(scored, key=lambda h: h[key])  # the earliest of equal scores
+    return {"best": top[f"test_{metric}"], "best_epoch": top["epoch"], "best_val": top[key]}
+
+
+def learning_from_unlabeled() -> list[str]:
+    from sskt.methods import METHODS
+
+    return [n for n in METHODS.names() if METHODS.get(n).learns_from_unlabeled]
 
 
 def load_trained(checkpoint: str | os.PathLike, overrides: Sequence[str] = ()) -> tuple[ExperimentConfig, Method]:

@@ -5,6 +5,8 @@ The labelled data is the checkpoint's own ``data`` section with the user's overr
 """
 from __future__ import annotations
 
+import sys
+
 import os
 import time
 from pathlib import Path
@@ -40,16 +42,29 @@ def probe_checkpoint(checkpoint: str | os.PathLike, protocol: str, overrides: Se
     unknown = [n for n in names if n not in modules]
     if unknown:
         raise SSKTError(f"{target.arch} has no stage(s) {unknown}; its stages: {target.stage_names}")
-    scores = probe_layers(target, [f"model.{n}" for n in names], splits.train.images, splits.train.targets,
-                          splits.test.images, splits.test.targets, spatial=spatial, linear=protocol == "linear",
-                          knn=protocol == "knn", k=knn_k, weight_decay=weight_decay,
-                          batch_size=cfg.train.eval_batch_size)
     key = "linear_top1" if protocol == "linear" else "knn_top1"
-    per_layer = {n: {"top1": round(100.0 * scores[f"model.{n}"][key], 2), "dim": int(scores[f"model.{n}"]["dim"])}
-                 for n in names}
+
+    def score(evaluation) -> dict[str, dict[str, float]]:
+        scores = probe_layers(target, [f"model.{n}" for n in names], splits.train.images, splits.train.targets,
+                              evaluation.images, evaluation.targets, spatial=spatial, linear=protocol == "linear",
+                              knn=protocol == "knn", k=knn_k, weight_decay=weight_decay,
+                              batch_size=cfg.train.eval_batch_size)
+        return {n: {"top1": round(100.0 * scores[f"model.{n}"][key], 2), "dim": int(scores[f"model.{n}"]["dim"])}
+                for n in names}
+
+    per_layer = score(splits.test)
+    # The layer is chosen on the validation split (data.val_per_class); with one layer there is no choice.
+    best_layer, val_top1 = (names[0], None) if len(names) == 1 else (None, None)
+    if splits.val is not None:
+        on_val = score(splits.val)
+        best_layer = max(names, key=lambda n: on_val[n]["top1"])
+        val_top1 = on_val[best_layer]["top1"]
+    elif best_layer is None:
+        print("sskt: no validation split, so no layer is chosen (choosing on the test split would be optimistic); "
+              "set data.val_per_class=N to choose one", file=sys.stderr, flush=True)
     return {"checkpoint": str(checkpoint), "protocol": protocol, "metric": "acc", "layers": per_layer,
-            "best_layer": max(per_layer, key=lambda n: per_layer[n]["top1"]),
-            "value": max(v["top1"] for v in per_layer.values()), "train_images": len(splits.train),
+            "best_layer": best_layer, "val_top1": val_top1,
+            "value": per_layer[best_layer]["top1"] if best_layer else None, "train_images": len(splits.train),
             "test_images": len(splits.test), "spatial": spatial, "knn_k": knn_k if protocol == "knn" else None,
             "seconds": round(time.perf_counter() - started, 1)}
 

@@ -37,6 +37,15 @@ class BuildContext:
     data: Any = None  # the DataConfig
     for_training: bool = True  # False when a trained run is only rebuilt (evaluate, export): skip training-only setup
     test_data: Any = None  # the test ImageTensorDataset (for methods that report e.g. a teacher's accuracy)
+    val_data: Any = None  # the validation ImageTensorDataset, if any (for selections a method makes itself)
+
+    @property
+    def labeled_data(self) -> Any:
+        """The labelled rows of ``train_data`` (it also holds the unlabelled images, if any)."""
+        data = self.train_data
+        if data is None or "labeled" not in data.extras:
+            return data
+        return data.subset(data.extras["labeled"].nonzero().flatten())
 
     @property
     def in_chans(self) -> int:
@@ -99,6 +108,8 @@ class Method(nn.Module):
 
     name: ClassVar[str] = ""
     automatic_optimization: ClassVar[bool] = True
+    # Whether the method has a loss that needs no label (so ``data.unlabeled`` images teach it something).
+    learns_from_unlabeled: ClassVar[bool] = False
     # Classes of what evaluation_batch scores, when not the dataset's (pretext tasks, k clusters).
     eval_num_classes: int | None = None
 
@@ -183,8 +194,9 @@ def build_method(spec: dict, ctx: BuildContext) -> Method:
 def target_loss_fn(name: str, multilabel: bool, gamma: float = 2.0):
     """The target loss by name; ``auto`` is cross-entropy, or BCE-with-logits for multi-label tasks.
 
-    Call it as ``loss(logits, batch)``: multi-label losses leave out the entries of the batch's
-    ``ignore`` mask (VOC "difficult"-only classes), as the mAP does."""
+    Call it as ``loss(logits, batch)``: only the batch's labelled rows count (``batch["labeled"]``; all
+    rows when absent), and multi-label losses leave out the entries of the batch's ``ignore`` mask (VOC
+    "difficult"-only classes), as the mAP does."""
     from functools import partial
 
     from sskt.losses import TARGET_LOSSES
@@ -196,6 +208,20 @@ def target_loss_fn(name: str, multilabel: bool, gamma: float = 2.0):
     if not multilabel and name in ("bce", "focal-bce"):
         raise SSKTError(f"target_loss {name!r} is for multi-label tasks; use 'ce' or 'focal'")
     fn = partial(TARGET_LOSSES.get(name), gamma=gamma)
-    if not multilabel:
-        return lambda logits, batch: fn(logits, batch["target"])
-    return lambda logits, batch: fn(logits, batch["target"], batch.get("ignore"))
+
+    def loss(logits: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        logits, labeled = labeled_rows(logits, batch)
+        if not multilabel:
+            return fn(logits, labeled["target"])
+        return fn(logits, labeled["target"], labeled.get("ignore"))
+
+    return loss
+
+
+def labeled_rows(logits: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+    """The rows of ``logits`` and of the batch's per-image entries that carry labels."""
+    mask = batch.get("labeled")
+    if mask is None or bool(mask.all()):
+        return logits, batch
+    keys = ("target", "ignore", "index", "labeled")
+    return logits[mask], {k: (v[mask] if k in keys and v is not None else v) for k, v in batch.items()}

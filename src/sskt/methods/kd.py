@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from sskt.errors import SSKTError
 from sskt.losses import kd_loss
-from sskt.methods.base import METHODS, BuildContext, Method, StepOutput, parse_options
+from sskt.methods.base import METHODS, BuildContext, Method, StepOutput, labeled_rows, parse_options
 from sskt.models.target import TargetNetwork
 from sskt.sources.source import Source, build_source, source_config
 
@@ -88,6 +88,7 @@ class KD(Method):
     """
 
     name = "kd"
+    learns_from_unlabeled = True
 
     def __init__(self, target: TargetNetwork, teacher: Source, options: KDOptions, test_data: Any = None) -> None:
         super().__init__(target)
@@ -117,16 +118,26 @@ class KD(Method):
         with torch.no_grad():
             teacher_logits = self.teacher(images)  # same augmented view as the student
         logits = self.target(images)
-        hard, soft = distillation_loss(logits, teacher_logits, batch["target"], self.options.temperature,
-                                       self.options.alpha)
+        # The soft term teaches on every image, the hard one only on the labelled ones.
+        labeled_logits, labeled = labeled_rows(logits, batch)
+        hard = (1.0 - self.options.alpha) * F.cross_entropy(labeled_logits, labeled["target"])
+        soft = self.options.alpha * kd_loss(logits, teacher_logits, self.options.temperature)
         return StepOutput(logits, {"target": hard, "kd": soft})
 
     def extra_results(self) -> dict[str, Any]:
         if not self.options.evaluate_teacher or self._test_data is None:
             return {}
-        data = self._test_data
-        key = (self.teacher.fingerprint, self.teacher.input_size, self.teacher.input_scale, len(data),
-               int(data.targets.sum()), int(data.images[:64].float().sum()))
-        if key not in _TEACHER_ACC_CACHE:
-            _TEACHER_ACC_CACHE[key] = evaluate_on_test(self.teacher, data)  # type: ignore[assignment]
-        return {"teacher_acc": _TEACHER_ACC_CACHE[key]}
+        return {"teacher_acc": evaluate_once(self.teacher, self._test_data)}
+
+
+def evaluate_once(src: Source, data: Any) -> float | None:
+    """Test top-1 (%) of a frozen source, measured once per process for the same weights and data."""
+    if data is None:
+        return None
+    from sskt.sources.cache import weights_digest
+
+    key = (weights_digest(src.network), src.input_size, src.input_scale, len(data), int(data.targets.sum()),
+           int(data.images[:64].float().sum()))
+    if key not in _TEACHER_ACC_CACHE:
+        _TEACHER_ACC_CACHE[key] = evaluate_on_test(src, data)  # type: ignore[assignment]
+    return _TEACHER_ACC_CACHE[key]

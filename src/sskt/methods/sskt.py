@@ -6,8 +6,10 @@ augmented view. Loss = target loss + sum over sources of alpha_s * aux_loss(head
 """
 from __future__ import annotations
 
+import sys
+
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -15,6 +17,7 @@ from torch import Tensor, nn
 from sskt.errors import SSKTError
 from sskt.losses import SOFT_LOSSES
 from sskt.methods.base import METHODS, BuildContext, Method, StepOutput, parse_options, target_loss_fn
+from sskt.methods.kd import evaluate_once
 from sskt.models.heads import LinearHead, TransferModule
 from sskt.models.target import TargetNetwork
 from sskt.sources.bank import SourceBank
@@ -92,6 +95,7 @@ class SSKT(Method):
     """
 
     name = "sskt"
+    learns_from_unlabeled = True
 
     def __init__(self, target: TargetNetwork, sources: Sequence[Source], options: SSKTOptions,
                  example: Tensor, multilabel: bool = False,
@@ -107,6 +111,8 @@ class SSKT(Method):
             {s.name: make_head(options.head, target, example, s.num_classes, options.transfer_width) for s in sources}
         )
         self.cache = None  # a SoftLabelCache once attach_cache() is called: then sources never run in training
+        self.adapted: dict[str, dict] = {}  # what adapt: probe measured, per adapted source
+        self._test_data = None  # kept out of the module state: only for extra_results
         self.view_seed = 0
 
     @classmethod
@@ -114,9 +120,15 @@ class SSKT(Method):
         opts = parse_options(SSKTOptions, options, "sskt")
         cfgs = [source_config(s) for s in opts.sources]
         sources = [build_source(c, ctx.in_chans) for c in cfgs]
+        adapted: dict[str, dict] = {}
+        for c, src in zip(cfgs, sources):
+            if c.adapt == "probe":
+                adapted[src.name] = adapt_source(src, ctx)
         per_source = [(c.temperature or opts.temperature, opts.alpha if c.alpha is None else c.alpha) for c in cfgs]
         example = torch.rand(2, *ctx.input_shape)
         method = cls(ctx.build_target(), sources, opts, example, ctx.multilabel, per_source)
+        method.adapted = adapted
+        method._test_data = ctx.test_data
         if opts.cache is not None and ctx.for_training:  # evaluate/export never touch the cache
             if ctx.train_data is None:
                 raise SSKTError("method.cache needs the training data to build the soft-label cache")
@@ -164,3 +176,29 @@ class SSKT(Method):
             aux_logits = self.heads[src.name](feats.pooled, feats.stages)
             losses[f"aux/{src.name}"] = alpha * self.aux_loss(aux_logits, teacher[src.name], temperature)
         return StepOutput(feats.logits, losses)
+
+    def extra_results(self) -> dict[str, Any]:
+        """For each source adapted to the target's labels: the probe's penalty, validation and test top-1
+        (the adapted source itself as a classifier: a reference a user could deploy instead)."""
+        out: dict[str, Any] = {}
+        for src in self.bank.sources:
+            if src.name in self.adapted:
+                info = dict(self.adapted[src.name])
+                info["test_top1"] = evaluate_once(src, self._test_data)
+                out[f"adapted/{src.name}"] = info
+        return out
+
+
+def adapt_source(src: Source, ctx: BuildContext) -> dict:
+    """Fit ``adapt: probe`` on the labelled training images (the validation split picks the penalty); when
+    a trained run is only rebuilt, give the source the adapted classifier's shape without fitting."""
+    from sskt.sources.adapt import adapt_with_probe, reshape_classifier
+
+    if ctx.multilabel:
+        raise SSKTError(f"source {src.name!r}: adapt: probe is for single-label targets")
+    if not ctx.for_training or ctx.train_data is None:
+        reshape_classifier(src, ctx.num_classes)
+        return {}
+    print(f"sskt: fitting a linear probe on source {src.name!r}'s features of {len(ctx.labeled_data)} labelled "
+          f"images (adapt: probe)", file=sys.stderr, flush=True)
+    return adapt_with_probe(src, ctx.labeled_data, ctx.val_data)

@@ -24,6 +24,8 @@ class SourceConfig:
     ``mean``/``std`` are lists or ``"imagenet"``; by default the architecture's own statistics.
     ``temperature`` and ``alpha`` default to the method's values. ``bn_mode: train`` reproduces the
     reference code's BatchNorm drift (batch-dependent outputs); ``eval`` is correct.
+    ``adapt: probe`` replaces the source's classifier by a linear probe fitted on the target's labelled
+    images (:mod:`sskt.sources.adapt`): the source then teaches in the target's label space.
     """
 
     name: str
@@ -40,6 +42,7 @@ class SourceConfig:
     alpha: float | None = None
     bn_mode: str = "eval"
     frames: str = "centre"  # video targets: "centre" frame or "mean<N>" over N frames
+    adapt: str = "none"  # "probe": classifier replaced by a linear probe on the target's labels (sources/adapt.py)
     options: dict = field(default_factory=dict)  # kind-specific settings
 
     def __post_init__(self) -> None:
@@ -51,6 +54,8 @@ class SourceConfig:
             raise SSKTError(f"source {self.name!r}: bn_mode must be 'eval' or 'train', got {self.bn_mode!r}")
         if self.input_size is not None and self.input_scale is not None:
             raise SSKTError(f"source {self.name!r}: set input_size or input_scale, not both")
+        if self.adapt not in ("none", "probe"):
+            raise SSKTError(f"source {self.name!r}: adapt must be 'none' or 'probe', got {self.adapt!r}")
 
 
 def _stats(value: Any, default: Sequence[float] | None, name: str, what: str) -> tuple[float, ...] | None:

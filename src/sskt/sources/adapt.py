@@ -1,0 +1,110 @@
+"""Adapting a source to the target's labels: its classifier replaced by a linear probe.
+
+A network trained on a foreign label space (ImageNet's 1,000 classes) often has features in which
+the target's classes are close to linearly separable, while its own softened predictions carry that
+knowledge only through 1,000 classes the target never sees. ``adapt: probe`` on a source fits a
+multinomial logistic regression on the source's penultimate features of the target's labelled
+training images (and their mirror images; the validation split, when there is one, picks the L2
+penalty) and puts it in place of the source's classifier. The source then predicts the target's
+classes, and its soft labels on every image, labelled or not, are what the auxiliary head learns:
+the "distil a big network adapted with few labels into a small one on unlabelled images" recipe of
+Chen et al. 2020 (SimCLRv2, "Big Self-Supervised Models are Strong Semi-Supervised Learners").
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from sskt.data.augment import to_float
+from sskt.errors import SSKTError
+from sskt.evaluation.probes import linear_probe
+from sskt.models.factory import classifier_name
+from sskt.sources.source import Source
+
+ADAPT_MODES = ("none", "probe")
+WEIGHT_DECAYS = (1e-4, 1e-3, 1e-2, 1e-1)  # L2 penalties tried when a validation split can choose
+
+
+@torch.no_grad()
+def penultimate_features(src: Source, images: Tensor, batch_size: int = 256) -> Tensor:
+    """(N, D) float32 inputs of the source's classifier (its last ``nn.Linear``) on uint8 or [0, 1] images."""
+    try:
+        head = dict(src.network.named_modules())[classifier_name(src.network)]
+    except SSKTError:
+        raise SSKTError(f"source {src.name!r} has no nn.Linear classifier, so adapt: probe can't replace it") from None
+    captured: list[Tensor] = []
+    hook = head.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach().float().flatten(1)))
+    was_training = src.training
+    src.eval()
+    try:
+        for start in range(0, len(images), batch_size):
+            src(to_float(images[start:start + batch_size]))
+    finally:
+        hook.remove()
+        src.train(was_training)
+    return torch.cat(captured)
+
+
+def adapt_with_probe(src: Source, train: Any, val: Any = None,
+                     weight_decays: Sequence[float] = WEIGHT_DECAYS) -> dict[str, float]:
+    """Replace ``src``'s classifier by a linear probe fitted on ``train`` (an ImageTensorDataset of
+    labelled images; single-label). Returns the chosen L2 penalty and, with a validation split (which
+    chooses it), the adapted source's validation top-1 (%).
+
+    Example:
+        >>> from sskt.models.factory import create_model
+        >>> from sskt.data.tensor_dataset import ImageTensorDataset
+        >>> src = Source("s", create_model("cifar_resnet20", 100), 100, input_size=32)
+        >>> data = ImageTensorDataset(torch.randint(0, 255, (20, 3, 32, 32), dtype=torch.uint8), torch.arange(20) % 4)
+        >>> info = adapt_with_probe(src, data)
+        >>> src.num_classes, src(torch.rand(2, 3, 32, 32)).shape
+        (4, torch.Size([2, 4]))
+    """
+    if train.targets.ndim != 1:
+        raise SSKTError(f"source {src.name!r}: adapt: probe is for single-label targets")
+    name = classifier_name(src.network)
+    flipped = train.images.flip(-1)
+    x = torch.cat([penultimate_features(src, train.images), penultimate_features(src, flipped)])
+    y = torch.cat([train.targets, train.targets]).long()
+    num_classes = int(train.targets.max()) + 1
+    val_x = penultimate_features(src, val.images) if val is not None else None
+    candidates = list(weight_decays) if val is not None else [1e-3]
+    best = None
+    for wd in candidates:
+        res = linear_probe(x, y, val_x if val_x is not None else x[:1], val.targets if val is not None else y[:1],
+                           weight_decay=wd, max_iter=200)
+        if best is None or (val is not None and res.test_top1 > best[1].test_top1):
+            best = (wd, res)
+    assert best is not None
+    wd, probe = best
+    # Fold the probe's standardisation into one Linear layer: W (x - m) / s + b = (W / s) x + (b - W m / s).
+    weight = probe.classifier.weight / probe.std[None, :]
+    bias = probe.classifier.bias - (probe.classifier.weight * (probe.mean / probe.std)[None, :]).sum(1)
+    linear = nn.Linear(weight.shape[1], weight.shape[0])
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        linear.bias.copy_(bias)
+    linear.requires_grad_(False)
+    _set_module(src.network, name, linear.to(next(src.network.parameters()).device))
+    src.num_classes = num_classes
+    info: dict[str, float] = {"weight_decay": wd, "train_images": float(len(train))}
+    if val is not None:
+        info["val_top1"] = round(100.0 * best[1].test_top1, 4)
+    return info
+
+
+def reshape_classifier(src: Source, num_classes: int) -> None:
+    """Give ``src`` an (untrained) classifier of ``num_classes`` outputs: the shape an adapted source has,
+    for rebuilding a trained run (evaluate, export) where no source runs and nothing is fitted."""
+    name = classifier_name(src.network)
+    old = src.network.get_submodule(name)
+    _set_module(src.network, name, nn.Linear(old.in_features, num_classes).requires_grad_(False))
+    src.num_classes = num_classes
+
+
+def _set_module(root: nn.Module, dotted: str, module: nn.Module) -> None:
+    parent_name, _, child = dotted.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, module)
