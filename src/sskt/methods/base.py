@@ -18,6 +18,8 @@ class TargetConfig:
 
     arch: str = "cifar_resnet20"
     checkpoint: str | None = None  # initial weights (fine-tuning); the classifier is replaced if it differs
+    pretrained: bool | str = False  # or the arch's published weights (see sskt.models.pretrained)
+    allow_download: bool = False  # pretrained weights not in a local cache may be downloaded
     stages: list[str] | None = None  # modules tapped by transfer heads; default: the architecture's stages
     mean: list[float] | None = None
     std: list[float] | None = None
@@ -54,19 +56,31 @@ class BuildContext:
     def build_target(self, arch: str | None = None, num_classes: int | None = None) -> TargetNetwork:
         """A fresh target network (or a peer of another architecture) for this task."""
         t = self.target
-        net = TargetNetwork(arch or t.arch, num_classes or self.num_classes, self.in_chans, t.mean, t.std,
-                            t.stages if arch is None else None)
-        if t.checkpoint and arch is None:
-            from sskt.sources.loading import extract_state_dict, load_weights, read_checkpoint
+        own_weights = arch is None and (t.checkpoint or t.pretrained)
+        mean, std, state, what = t.mean, t.std, None, ""
+        if own_weights:
+            from sskt.sources.loading import extract_state_dict, load_pretrained, read_checkpoint
 
-            state = extract_state_dict(read_checkpoint(t.checkpoint))
+            if t.checkpoint and t.pretrained:
+                raise SSKTError("target: set checkpoint or pretrained, not both")
+            if t.pretrained:
+                loaded = load_pretrained(t.arch, t.pretrained, None, self.in_chans, t.allow_download)
+                state, what = loaded.module.state_dict(), f"pretrained {t.arch}"
+                mean, std = mean or loaded.mean, std or loaded.std  # the weights' own statistics
+            else:
+                state, what = extract_state_dict(read_checkpoint(t.checkpoint)), str(t.checkpoint)
+        net = TargetNetwork(arch or t.arch, num_classes or self.num_classes, self.in_chans, mean, std,
+                            t.stages if arch is None else None)
+        if state is not None:
+            from sskt.sources.loading import load_weights
+
             own = net.model.state_dict()
             head = net.classifier_name
             if state.get(f"{head}.weight") is not None and state[f"{head}.weight"].shape != own[f"{head}.weight"].shape:
                 # Different label space: keep the backbone, start a new classifier.
                 state = {k: v for k, v in state.items() if not k.startswith(f"{head}.")}
                 state.update({k: v for k, v in own.items() if k.startswith(f"{head}.")})
-            load_weights(net.model, state, t.checkpoint)
+            load_weights(net.model, state, what)
         return net
 
 

@@ -50,8 +50,8 @@ class Finetune(Method):
     @classmethod
     def from_config(cls, options: dict, ctx: BuildContext) -> "Finetune":
         opts = parse_options(FinetuneOptions, options, "finetune")
-        if not ctx.target.checkpoint:
-            raise SSKTError("method finetune needs target.checkpoint (pretrained weights); "
+        if not ctx.target.checkpoint and not ctx.target.pretrained:
+            raise SSKTError("method finetune needs target.checkpoint or target.pretrained: true (pretrained weights); "
                             "without one use method scratch")
         return cls(ctx.build_target(), opts, ctx.multilabel)
 

