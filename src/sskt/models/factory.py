@@ -1,8 +1,10 @@
 """Model registry: every network (target or source) is built by name.
 
 Built in: CIFAR ResNet-20/32/44/56/110 (``cifar_resnet20`` ...), torchvision ``resnet18/34/50``,
-``vgg16_bn``, ``efficientnet_lite0/1/2`` (timm's TF-padded ``tf_efficientnet_lite*``), and any timm model as ``timm:<name>``. Each entry knows its stages (for feature taps),
-its natural input size and normalisation, so a source or a transfer head needs no extra settings.
+``vgg16_bn``, ``efficientnet_lite0/1/2`` (timm's TF-padded ``tf_efficientnet_lite*``), any timm model
+as ``timm:<name>[.<tag>]`` or ``hf-hub:<org>/<name>``, and any torchvision classifier as
+``torchvision:<name>``. Each entry knows its stages (for feature taps), its natural input size and
+normalisation, so a source or a transfer head needs no extra settings.
 """
 from __future__ import annotations
 
@@ -84,30 +86,13 @@ for _name, (_timm_name, _size) in EFFICIENTNET_LITE.items():
     )
 
 
-def _timm_spec(name: str) -> ModelSpec:
-    try:
-        import timm
-    except ImportError as err:  # pragma: no cover - timm is a dependency
-        raise SSKTError("timm is not installed; pip install timm") from err
-    if name not in timm.list_models():
-        raise SSKTError(f"timm has no model {name!r}; see timm.list_models()")
-
-    def build(num_classes: int, in_chans: int) -> nn.Module:
-        return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans)
-
-    probe = timm.create_model(name, pretrained=False)
-    cfg = getattr(probe, "pretrained_cfg", {}) or {}
-    info = getattr(probe, "feature_info", None) or []
-    stages = tuple(f["module"] for f in info) if info else ()
-    size = cfg.get("input_size", (3, 224, 224))[-1]
-    return ModelSpec(build=build, stages=stages, input_size=size, mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
-                     std=tuple(cfg.get("std", IMAGENET_STD)))
-
-
 def model_spec(name: str) -> ModelSpec:
-    """The :class:`ModelSpec` of a registered name or of ``timm:<name>``."""
-    if name.startswith("timm:"):
-        return _timm_spec(name[len("timm:"):])
+    """The :class:`ModelSpec` of a registered name, ``timm:<name>[.<tag>]``, ``hf-hub:<org>/<name>``
+    or ``torchvision:<name>`` (see :mod:`sskt.models.zoo`)."""
+    if name.startswith(("timm:", "hf-hub:", "torchvision:")):
+        from sskt.models.zoo import external_spec  # zoo builds on this module's ModelSpec
+
+        return external_spec(name)
     return MODELS.get(name)
 
 

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
+from urllib.parse import urlparse
 
 import torch
 from torch import Tensor, nn
@@ -134,6 +136,172 @@ def _efficientnet_lite(arch: str) -> PretrainedNetwork:
                              imagenet_categories(), mapped)
 
 
+def _missing(what: str, where: str) -> SSKTError:
+    return SSKTError(f"{what} not in the local cache ({where}); set allow_download: true (or "
+                     f"SSKT_ALLOW_DOWNLOAD=1) to fetch them once, or drop pretrained and give a local file as checkpoint")
+
+
+def torch_hub_file(url: str, what: str, allow_download: bool = False, check_hash: bool = False) -> Path:
+    """``url``'s file in torch hub's cache (``$TORCH_HOME/hub/checkpoints/<file name>``), where torch
+    hub and torchvision look for it; downloaded there only when allowed."""
+    import torch.hub
+
+    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
+    if path.is_file():
+        return path
+    if not downloads_allowed(allow_download):
+        raise _missing(f"{what} weights are", f"{path}, from {url}")
+    # torchvision names its files <name>-<first digits of the SHA-256>.pth: check them as torch hub does.
+    digest = re.search(r"-([a-f0-9]*)\.", path.name) if check_hash else None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(url, str(path), hash_prefix=digest.group(1) if digest else None)
+    except (OSError, RuntimeError) as err:
+        raise SSKTError(f"could not download {what} weights from {url} ({str(err).splitlines()[0]}); "
+                        f"check the network, or put the file at {path}") from None
+    return path
+
+
+def _hf_cached(repo_id: str, names: Sequence[str]) -> Path | None:
+    """The first of ``names`` in the local Hugging Face cache (``HF_HUB_OFFLINE=1`` semantics), or None."""
+    import huggingface_hub
+    from huggingface_hub.errors import EntryNotFoundError
+
+    repo, _, revision = repo_id.partition("@")
+    for name in names:
+        try:
+            return Path(huggingface_hub.hf_hub_download(repo, name, revision=revision or None, local_files_only=True))
+        except (EntryNotFoundError, FileNotFoundError):  # LocalEntryNotFoundError: not in the cache
+            continue
+    return None
+
+
+def hf_file(repo_id: str, filenames: str | Sequence[str], allow_download: bool = False) -> Path | None:
+    """The first of ``filenames`` in a Hugging Face hub repo (``org/name[@revision]``), from the local
+    cache; downloaded only when allowed. None when the repo has none of them."""
+    import huggingface_hub
+    from huggingface_hub.errors import EntryNotFoundError
+
+    names = [filenames] if isinstance(filenames, str) else list(filenames)
+    cached = _hf_cached(repo_id, names)
+    if cached is not None:
+        return cached
+    if not downloads_allowed(allow_download):
+        raise _missing(f"hf-hub:{repo_id}'s {' or '.join(names)} is",
+                       f"Hugging Face cache {huggingface_hub.constants.HF_HUB_CACHE}")
+    repo, _, revision = repo_id.partition("@")
+    for name in names:
+        try:
+            return Path(huggingface_hub.hf_hub_download(repo, name, revision=revision or None))
+        except EntryNotFoundError:  # the repo has no such file: try the next name
+            continue
+        except Exception as err:  # network, auth, unknown repo: one line, whatever the hub library raised
+            first = str(err).splitlines()[0] if str(err) else ""
+            raise SSKTError(f"could not download {name} of hf-hub:{repo_id} ({type(err).__name__}: {first}); "
+                            f"check the repo id and the network") from None
+    return None
+
+
+_HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+
+
+def _timm_weights(name: str, cfg: Mapping[str, Any], allow_download: bool) -> Path:
+    """The weights file of a timm name's pretrained_cfg: its hub repo or its URL, cached copies first."""
+    import torch.hub
+
+    hub_id, url = cfg.get("hf_hub_id"), cfg.get("url")
+    files = (cfg["hf_hub_filename"],) if cfg.get("hf_hub_filename") else _HF_WEIGHTS
+    if not hub_id and not url:
+        raise SSKTError(f"timm model {name!r} has no pretrained weights; pick a tag from timm.list_pretrained()")
+    cached = _hf_cached(hub_id, files) if hub_id else None
+    if cached is not None:
+        return cached
+    if url and (Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)).is_file():
+        return torch_hub_file(url, f"timm {name}")
+    if hub_id:  # timm's own preference: the hub
+        path = hf_file(hub_id, files, allow_download)
+        if path is None:
+            raise SSKTError(f"hf-hub:{hub_id} has none of {list(files)}; give the weights as a local checkpoint")
+        return path
+    return torch_hub_file(url, f"timm {name}", allow_download)
+
+
+def _from_timm(model_fn: Any, what: str, path: Path) -> nn.Module:
+    try:
+        return model_fn()
+    except (RuntimeError, KeyError, ValueError) as err:
+        raise SSKTError(f"{path} does not fit {what} ({str(err).splitlines()[0][:200]}); "
+                        f"check the name and the file") from None
+
+
+def _timm_network(module: nn.Module, path: Path, origin: str) -> PretrainedNetwork:
+    cfg = getattr(module, "pretrained_cfg", {}) or {}
+    classes = cfg.get("label_names")
+    n = int(getattr(module, "num_classes", 0) or 0)
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    return PretrainedNetwork(module, n, cfg.get("input_size", (3, 224, 224))[-1],
+                             tuple(cfg.get("mean", IMAGENET_DEFAULT_MEAN)), tuple(cfg.get("std", IMAGENET_DEFAULT_STD)),
+                             path, origin, list(classes) if classes and len(classes) == n else None)
+
+
+def _timm(name: str, allow_download: bool) -> PretrainedNetwork:
+    import timm
+
+    from sskt.models.zoo import external_spec
+
+    external_spec(f"timm:{name}")  # validates the name and tag
+    cfg = timm.models.get_pretrained_cfg(name)
+    path = _timm_weights(name, cfg.to_dict() if cfg is not None else {}, allow_download)
+    module = _from_timm(lambda: timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}),
+                        f"timm:{name}", path)
+    return _timm_network(module, path, f"{path} (timm:{name})")
+
+
+def _hf_hub(repo_id: str, allow_download: bool) -> PretrainedNetwork:
+    import timm
+
+    from sskt.models.zoo import hf_hub_config
+
+    cfg, arch, model_args = hf_hub_config(repo_id, allow_download)
+    files = (cfg["hf_hub_filename"],) if cfg.get("hf_hub_filename") else _HF_WEIGHTS
+    path = hf_file(repo_id, files, allow_download)
+    if path is None:
+        raise SSKTError(f"hf-hub:{repo_id} has none of {list(files)}; give the weights as a local checkpoint")
+    module = _from_timm(lambda: timm.create_model(arch, pretrained=True, pretrained_cfg={**cfg, "file": str(path)},
+                                                  **model_args), f"hf-hub:{repo_id} ({arch})", path)
+    return _timm_network(module, path, f"{path} (hf-hub:{repo_id})")
+
+
+def torchvision_weights(name: str, which: bool | str) -> Any:
+    """The torchvision weights enum member: DEFAULT for ``True``, else the member named ``which``."""
+    import torchvision
+
+    enum = torchvision.models.get_model_weights(name)
+    if which is True:
+        return enum.DEFAULT
+    member = str(which).split(".")[-1]  # "ResNet50_Weights.IMAGENET1K_V2" or "IMAGENET1K_V2"
+    if member not in enum.__members__:
+        raise SSKTError(f"torchvision {name} has no weights {which!r}; known: {', '.join(enum.__members__)}")
+    return enum[member]
+
+
+def _torchvision(name: str, which: bool | str, allow_download: bool) -> PretrainedNetwork:
+    import torchvision
+
+    from sskt.models.zoo import external_spec, torchvision_transform_stats
+
+    external_spec(f"torchvision:{name}")  # validates the name
+    weights = torchvision_weights(name, which)
+    path = torch_hub_file(weights.url, f"torchvision {name} {weights}", allow_download, check_hash=True)
+    # The file is in torch hub's cache now, so torchvision loads it from there (its own key fixes
+    # and architecture options for these weights included) without downloading.
+    module = torchvision.models.get_model(name, weights=weights)
+    size, mean, std = torchvision_transform_stats(weights)
+    classes = list(weights.meta["categories"])
+    return PretrainedNetwork(module, len(classes), size, mean, std, path, f"{path} (torchvision {weights})", classes)
+
+
 def resolve_pretrained(arch: str, which: bool | str = True, allow_download: bool = False) -> PretrainedNetwork:
     """Build ``arch`` with its pretrained weights (see the module docstring for what ``arch`` may be).
 
@@ -143,5 +311,16 @@ def resolve_pretrained(arch: str, which: bool | str = True, allow_download: bool
         if which is not True:
             raise SSKTError(f"{arch} has one set of pretrained weights (ImageNet); set pretrained: true")
         return _efficientnet_lite(arch)
+    kind, _, rest = arch.partition(":")
+    if arch.startswith("timm:hf-hub:") or kind == "hf-hub":
+        return _hf_hub(arch.split("hf-hub:", 1)[1], allow_download)
+    if kind == "timm" and which is not True:
+        raise SSKTError(f"{arch}: name timm weights by tag in the arch (timm:<name>.<tag>); set pretrained: true")
+    if kind == "timm":
+        return _timm(rest, allow_download)
+    if kind == "torchvision":
+        return _torchvision(rest, which, allow_download)
+    if arch in ("resnet18", "resnet34", "resnet50", "resnet101", "vgg16_bn"):
+        return _torchvision(arch, which, allow_download)  # the registry's torchvision builds
     raise SSKTError(f"no pretrained weights known for {arch!r}; use efficientnet_lite0/1/2, torchvision:<name>, "
                     f"timm:<name>[.<tag>] or hf-hub:<org>/<name>, or give a local checkpoint")

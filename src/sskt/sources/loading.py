@@ -131,7 +131,7 @@ def load_network(
     obj = read_checkpoint(checkpoint, trust_pickle)
     if isinstance(obj, nn.Module):
         n = num_classes or getattr(_last_linear(obj), "out_features", None)
-        return LoadedNetwork(obj, arch, int(n), None, None, None)
+        return LoadedNetwork(obj, arch, int(n or 0), None, None, None)  # 0: no classifier found
     if isinstance(obj, Mapping) and obj.get("format") == EXPORT_FORMAT:
         if arch is not None and arch != obj["arch"]:
             raise SSKTError(f"{checkpoint} holds a {obj['arch']} but arch is {arch!r}; drop arch or fix it")

@@ -145,6 +145,10 @@ def build_model_source(cfg: SourceConfig, in_chans: int = 3) -> Source:
 
     net = load_network(cfg.arch, cfg.checkpoint, cfg.num_classes, in_chans, cfg.trust_pickle, cfg.pretrained,
                        cfg.allow_download)
+    if net.num_classes < 1 or not has_classifier(net.module):
+        raise SSKTError(f"source {cfg.name!r} has no classifier ({cfg.arch or cfg.checkpoint} gives features, not class "
+                        f"logits); SSKT's auxiliary task needs logits: use weights with their classifier, or "
+                        f"kind: clustered for a feature extractor")
     mean = _stats(cfg.mean, net.mean, cfg.name, "mean")
     std = _stats(cfg.std, net.std, cfg.name, "std")
     if mean is None or std is None:
@@ -158,6 +162,14 @@ def build_model_source(cfg: SourceConfig, in_chans: int = 3) -> Source:
     digest = file_digest(weights)[:16] if weights else f"random-{cfg.arch}"
     return Source(cfg.name, net.module, net.num_classes, input_size, cfg.input_scale, mean, std, cfg.bn_mode,
                   cfg.frames, fingerprint=digest)
+
+
+def has_classifier(module: nn.Module) -> bool:
+    """False for networks whose head was removed (timm ``num_classes=0``, an Identity classifier)."""
+    if getattr(module, "num_classes", None) == 0:
+        return False
+    get = getattr(module, "get_classifier", None)
+    return not (callable(get) and isinstance(get(), nn.Identity))
 
 
 def build_source(cfg: SourceConfig | dict, in_chans: int = 3) -> Source:
