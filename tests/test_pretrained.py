@@ -269,3 +269,23 @@ def test_hf_hub_id_from_hf_cache_and_headless_source(offline):
                                              "model.safetensors": headless.state_dict()})
     with pytest.raises(SSKTError, match=r"^source 'f' has no classifier .*kind: clustered"):
         build_source({"name": "f", "arch": "hf-hub:sskt-test/features", "pretrained": True})
+
+
+def test_torchvision_pretrained_target(offline):
+    import torchvision
+
+    from sskt.methods.base import BuildContext, TargetConfig
+
+    ref = torchvision.models.mobilenet_v3_small()
+    _torch_hub_fake(torchvision.models.MobileNet_V3_Small_Weights.IMAGENET1K_V1.url, ref)
+    ctx = BuildContext(num_classes=5, input_shape=(3, 32, 32), multilabel=False,
+                       target=TargetConfig(arch="torchvision:mobilenet_v3_small", pretrained=True))
+    net = ctx.build_target()
+    assert net.stage_names == ["features.1", "features.3", "features.8", "features.12"]
+    own, theirs = net.model.state_dict(), ref.state_dict()
+    head = f"{net.classifier_name}."
+    assert own[head + "weight"].shape == (5, 1024)
+    assert all(torch.equal(own[k], theirs[k]) for k in own if not k.startswith(head))
+    ctx.target.checkpoint = "x.pt"
+    with pytest.raises(SSKTError, match="set checkpoint or pretrained, not both"):
+        ctx.build_target()
