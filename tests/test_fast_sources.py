@@ -67,9 +67,16 @@ def test_bf16_matches_fp32_for_a_resnet50_at_74px(real_images):
 
 def test_auto_precision_is_the_default_and_resolves_per_device():
     from sskt.methods.sskt import SSKTOptions
-    from sskt.sources.cache import resolved_precision
+    from sskt.models.factory import create_model
+    from sskt.sources.source import Source
 
     assert SSKTOptions(sources=[{"name": "a"}]).source_precision == "auto"
     cpu = torch.device("cpu")
-    assert resolved_precision("auto", cpu) == ("bf16" if bf16_supported(cpu) else "fp32")
-    assert resolved_precision("fp32", cpu) == "fp32"
+    dense = Source("dense", create_model("cifar_resnet20", 10), 10, input_size=32)
+    depthwise = Source("dw", torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3, groups=3), torch.nn.Flatten(),
+                                                 torch.nn.Linear(3 * 30 * 30, 10)), 10, input_size=32)
+    auto = SourceBank([dense, depthwise], "auto")
+    assert auto.resolved_precision(dense, cpu) == ("bf16" if bf16_supported(cpu) else "fp32")
+    # Depthwise convolutions are slow in bf16 on CPUs: auto keeps such sources in fp32 there.
+    assert auto.resolved_precision(depthwise, cpu) == "fp32"
+    assert SourceBank([dense], "fp32").resolved_precision(dense, cpu) == "fp32"

@@ -102,7 +102,7 @@ def create_model(name: str, num_classes: int, in_chans: int = 3) -> nn.Module:
     Example:
         >>> net = create_model("cifar_resnet20", num_classes=10)
         >>> sum(p.numel() for p in net.parameters())
-        272474
+        269722
     """
     if num_classes < 1:
         raise SSKTError(f"num_classes must be >= 1, got {num_classes}")

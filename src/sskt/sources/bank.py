@@ -53,9 +53,22 @@ class SourceBank(nn.Module):
             for s in self.sources:
                 s.to(memory_format=torch.channels_last)
 
-    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
-        use_bf16 = self.precision == "bf16" or (self.precision == "auto" and bf16_supported(device))
-        if not use_bf16:
+    def resolved_precision(self, src: Source, device: torch.device) -> str:
+        """``bf16`` or ``fp32``: what ``src`` runs in on ``device`` (part of the soft-label cache key).
+
+        ``auto`` means bf16 where the hardware is fast at it, except for networks with depthwise
+        (grouped) convolutions on a CPU: oneDNN's bf16 depthwise kernels are slow, and an ImageNet
+        EfficientNet-Lite0 ran 8x (64 px) to 30x (96 px) slower in bf16 than in fp32 here."""
+        if self.precision != "auto":
+            return self.precision
+        if not bf16_supported(device):
+            return "fp32"
+        if device.type == "cpu" and _has_grouped_conv(src.network):
+            return "fp32"
+        return "bf16"
+
+    def _autocast(self, src: Source, device: torch.device) -> contextlib.AbstractContextManager:
+        if self.resolved_precision(src, device) != "bf16":
             return contextlib.nullcontext()
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
@@ -63,7 +76,7 @@ class SourceBank(nn.Module):
         """Logits of every source for a batch in [0, 1]: (B,C,H,W) images or (B,C,T,H,W) clips."""
         out: dict[str, Tensor] = {}
         resized: dict[tuple, Tensor] = {}
-        with torch.inference_mode(), self._autocast(images.device):
+        with torch.inference_mode():
             for src in self.sources:
                 view, regroup = _frames_for(src, images)
                 size = src.output_size(view.shape[-2])
@@ -75,10 +88,15 @@ class SourceBank(nn.Module):
                     if self.precision != "fp32":
                         x = x.contiguous(memory_format=torch.channels_last)
                     resized[key] = x
-                logits = src.network(src.normalize(resized[key])).float()
+                with self._autocast(src, images.device):
+                    logits = src.network(src.normalize(resized[key])).float()
                 out[src.name] = regroup(logits)
         # Leave inference mode: clones are ordinary tensors that losses may save for backward.
         return {k: v.clone() for k, v in out.items()}
+
+
+def _has_grouped_conv(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in module.modules())
 
 
 def _frames_for(src: Source, images: Tensor):

@@ -51,7 +51,7 @@ from torch import Tensor, nn
 
 from sskt.data.augment import apply_view, to_float
 from sskt.errors import SSKTError
-from sskt.sources.bank import SourceBank, bf16_supported
+from sskt.sources.bank import SourceBank
 from sskt.sources.source import Source
 
 FORMAT_VERSION = 1
@@ -145,13 +145,6 @@ def weights_digest(module: nn.Module) -> str:
         h.update(name.encode())
         _hash_tensor(h, t)
     return h.hexdigest()
-
-
-def resolved_precision(precision: str, device: torch.device) -> str:
-    """``auto`` resolved to what actually runs on ``device``: fp32 and bf16 outputs differ slightly."""
-    if precision == "auto":
-        return "bf16" if bf16_supported(device) else "fp32"
-    return precision
 
 
 def source_fingerprint(src: Source, precision: str) -> dict:
@@ -398,7 +391,6 @@ class SoftLabelCache:
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise SSKTError("the soft-label cache needs (N,C,H,W) uint8 training images (video is not supported)")
         device = torch.device(device) if device is not None else _default_device()
-        precision = resolved_precision(bank.precision, device)
         n = images.shape[0]
         data_fp = dataset_fingerprint(images, targets)
         views = sample_views(n, spec.views, padding, flip, spec.seed, spec.mode)
@@ -406,7 +398,8 @@ class SoftLabelCache:
             files: dict[str, CacheFile] = {}
             todo: dict[str, set[int]] = {}
             for src in bank.sources:
-                key, parts = cache_key(data_fp, source_fingerprint(src, precision), spec, temperatures[src.name],
+                key, parts = cache_key(data_fp, source_fingerprint(src, bank.resolved_precision(src, device)), spec,
+                                       temperatures[src.name],
                                        padding, flip)
                 meta = {"key": key, "parts": parts, "n": n, "views": spec.views, "topk": min(spec.topk, src.num_classes),
                         "num_classes": src.num_classes, "chunk": spec.chunk, "source_name": src.name}
