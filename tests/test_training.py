@@ -153,6 +153,7 @@ def test_quickstart_prints_its_table(tmp_path, capsys, monkeypatch):
     results = qs.quickstart(seeds=2, out_dir=tmp_path)
     out = capsys.readouterr().out
     assert "| scratch |" in out and "| sskt    |" in out and "What the numbers mean" in out
+    assert "Next, on your own data" in out and "configs/imagenet_source.yaml" in out  # the way to real data
     assert set(results) == {"scratch", "sskt"} and all(len(v) == 2 for v in results.values())
 
 

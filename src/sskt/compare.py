@@ -378,6 +378,8 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--only", action="append", default=[], metavar="VARIANT", help="run only this variant (repeatable)")
     p.add_argument("--report-only", action="store_true", help="train nothing: tabulate the finished runs")
     p.add_argument("--out", default=None, metavar="DIR", help="output folder instead of the file's out_dir")
+    p.add_argument("--seeds", default=None, metavar="S,S,...",
+                   help="run only these of the file's seeds (e.g. 0 to look at one seed first; finished runs are reused)")
 
 
 @command("compare", "run methods x seeds on one task (resumable) and write a table, CSV and charts", _compare_args)
@@ -385,7 +387,17 @@ def run_compare(args: argparse.Namespace) -> int:
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
         raise SSKTError(f"expected key=value overrides after the comparison file, got {bad}")
-    result = compare(args.config, args.overrides, args.only, args.out, args.report_only)
+    config = CompareConfig.from_yaml(args.config)
+    if args.seeds is not None:
+        try:
+            wanted = [int(s) for s in args.seeds.split(",")]
+        except ValueError:
+            raise SSKTError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+        missing = sorted(set(wanted) - set(config.seeds))
+        if missing:
+            raise SSKTError(f"--seeds {missing} are not among the file's seeds {config.seeds}")
+        config.seeds = wanted
+    result = compare(config, args.overrides, args.only, args.out, args.report_only)
     if "table" in result:
         print(Path(result["table"]).read_text())
         print(f"table: {result['table']}\ncsv: {result['csv']}\nbars: {result['bars']}\ncurves: {result['curves']}")

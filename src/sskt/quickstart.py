@@ -73,4 +73,12 @@ def quickstart(seeds: int = 3, out_dir: str | Path = "runs/quickstart") -> dict[
           "The source never saw the target's training or test images. "
           f"The difference is {gap:+.2f} points, {verdict}. "
           f"({time.perf_counter() - started:.0f} s; runs in {out})")
+    print()
+    print("Next, on your own data: put it in an image folder (root/train/<class>/*.jpg, root/test/<class>/*.jpg), "
+          "install the offline ImageNet networks (pip install \"sskt[imagenet]\"), and start from "
+          "configs/imagenet_source.yaml:\n"
+          "  sskt train configs/imagenet_source.yaml data.root=PATH/TO/ROOT data.per_class=100\n"
+          "It holds out a validation split (data.val_per_class), adapts an ImageNet EfficientNet-Lite0 to your "
+          "labels (adapt: probe) and lets it teach on your unlabelled images too (data.unlabeled: rest); "
+          "compare with scratch as benchmarks/imagenet_to_cifar.yaml does (README, 'Quickstart').")
     return results

@@ -6,6 +6,8 @@ KD teacher: that is what SSKT's auxiliary heads are for.
 """
 from __future__ import annotations
 
+import sys
+
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,14 +103,19 @@ class KD(Method):
         self.options = options
         self.teacher = teacher
         self._test_data = test_data  # kept out of the module state: only for extra_results
+        self.adapted_teacher: dict = {}  # what adapt: probe measured, if the teacher was adapted
 
     @classmethod
     def from_config(cls, options: dict, ctx: BuildContext) -> "KD":
         opts = parse_options(KDOptions, options, "kd")
         if ctx.multilabel:
             raise SSKTError("method kd is for single-label tasks (softmax KL); for multi-label use method sskt")
-        teacher = build_source(source_config({"name": "teacher", **opts.teacher}), ctx.in_chans)
-        return cls(ctx.build_target(), teacher, opts, ctx.test_data)
+        teacher_cfg = source_config({"name": "teacher", **opts.teacher})
+        teacher = build_source(teacher_cfg, ctx.in_chans)
+        adapted = adapt_source(teacher, ctx) if teacher_cfg.adapt == "probe" else {}
+        method = cls(ctx.build_target(), teacher, opts, ctx.test_data)
+        method.adapted_teacher = adapted
+        return method
 
     def frozen_modules(self) -> list[nn.Module]:
         return [self.teacher]
@@ -127,7 +134,10 @@ class KD(Method):
     def extra_results(self) -> dict[str, Any]:
         if not self.options.evaluate_teacher or self._test_data is None:
             return {}
-        return {"teacher_acc": evaluate_once(self.teacher, self._test_data)}
+        out: dict[str, Any] = {"teacher_acc": evaluate_once(self.teacher, self._test_data)}
+        if self.adapted_teacher:
+            out["adapted/teacher"] = self.adapted_teacher
+        return out
 
 
 def evaluate_once(src: Source, data: Any) -> float | None:
@@ -141,3 +151,19 @@ def evaluate_once(src: Source, data: Any) -> float | None:
     if key not in _TEACHER_ACC_CACHE:
         _TEACHER_ACC_CACHE[key] = evaluate_on_test(src, data)  # type: ignore[assignment]
     return _TEACHER_ACC_CACHE[key]
+
+
+def adapt_source(src: Source, ctx: BuildContext) -> dict:
+    """``adapt: probe`` for a method's source or teacher: fitted on the labelled training images (the
+    validation split picks the penalty); when a trained run is only rebuilt (evaluate, export), the
+    source just gets the adapted classifier's shape."""
+    from sskt.sources.adapt import adapt_with_probe, reshape_classifier
+
+    if ctx.multilabel:
+        raise SSKTError(f"source {src.name!r}: adapt: probe is for single-label targets")
+    if not ctx.for_training or ctx.train_data is None:
+        reshape_classifier(src, ctx.num_classes)
+        return {}
+    print(f"sskt: fitting a linear probe on source {src.name!r}'s features of {len(ctx.labeled_data)} labelled "
+          f"images (adapt: probe)", file=sys.stderr, flush=True)
+    return adapt_with_probe(src, ctx.labeled_data, ctx.val_data)

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from sskt.errors import SSKTError
 from sskt.losses import SOFT_LOSSES
 from sskt.methods.base import METHODS, BuildContext, Method, StepOutput, parse_options, target_loss_fn
-from sskt.methods.kd import evaluate_once
+from sskt.methods.kd import adapt_source, evaluate_once
 from sskt.models.heads import LinearHead, TransferModule
 from sskt.models.target import TargetNetwork
 from sskt.sources.bank import SourceBank
@@ -190,8 +190,9 @@ class SSKT(Method):
 
 
 def adapt_source(src: Source, ctx: BuildContext) -> dict:
-    """Fit ``adapt: probe`` on the labelled training images (the validation split picks the penalty); when
-    a trained run is only rebuilt, give the source the adapted classifier's shape without fitting."""
+    """``adapt: probe`` for a method's source or teacher: fitted on the labelled training images (the
+    validation split picks the penalty); when a trained run is only rebuilt (evaluate, export), the
+    source just gets the adapted classifier's shape."""
     from sskt.sources.adapt import adapt_with_probe, reshape_classifier
 
     if ctx.multilabel:
