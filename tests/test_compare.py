@@ -78,3 +78,37 @@ def test_benchmark_config_builds_every_run_config() -> None:
     assert len(cfg.seeds) == 3
     methods = {cfg.run_config(v, 0).method["name"] for v in cfg.variants}
     assert methods == {"scratch", "finetune", "kd", "dml", "maxl", "sskt"}
+
+
+def test_seeds_flag_runs_only_the_seeds_asked(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = _toy(tmp_path)
+    assert main(["compare", str(path), "--only", "scratch", "--seeds", "0"]) == 0
+    grid = tmp_path / "grid"
+    assert (grid / "scratch" / "seed0" / "result.json").is_file()
+    assert not (grid / "scratch" / "seed1").exists() and not (grid / "scratch-focal").exists()
+    rows = list(csv.DictReader((grid / "summary.csv").open()))
+    assert [r["variant"] for r in rows] == ["scratch"] and rows[0]["seeds"] == "1"
+    assert "final_seed0" in rows[0] and "final_seed1" not in rows[0]
+
+
+@pytest.mark.parametrize("seeds, words", [("7", "[7]"), ("0,7", "[7]"), ("zero", "comma-separated")])
+def test_seeds_not_in_the_file_are_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                     seeds: str, words: str) -> None:
+    path = _toy(tmp_path)
+    capsys.readouterr()
+    assert main(["compare", str(path), "--seeds", seeds]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sskt: error: ") and "\n" not in err, err
+    assert words in err and "--seeds" in err
+    assert not (tmp_path / "grid").exists()  # nothing was trained
+
+
+def test_a_seed_given_twice_is_counted_once(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = _toy(tmp_path)
+    code = main(["compare", str(path), "--only", "scratch", "--seeds", "0,0"])
+    if code == 2:  # refusing duplicates in one line is as good as ignoring them
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("sskt: error: ") and "\n" not in err
+        return
+    rows = list(csv.DictReader((tmp_path / "grid" / "summary.csv").open()))
+    assert rows[0]["seeds"] == "1"

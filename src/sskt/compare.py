@@ -390,7 +390,7 @@ def run_compare(args: argparse.Namespace) -> int:
     config = CompareConfig.from_yaml(args.config)
     if args.seeds is not None:
         try:
-            wanted = [int(s) for s in args.seeds.split(",")]
+            wanted = list(dict.fromkeys(int(s) for s in args.seeds.split(",")))  # each seed once, in order
         except ValueError:
             raise SSKTError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
         missing = sorted(set(wanted) - set(config.seeds))

@@ -64,9 +64,8 @@ def adapt_with_probe(src: Source, train: Any, val: Any = None,
     """
     if train.targets.ndim != 1:
         raise SSKTError(f"source {src.name!r}: adapt: probe is for single-label targets")
+    x = torch.cat([penultimate_features(src, train.images), penultimate_features(src, train.images.flip(-1))])
     name = classifier_name(src.network)
-    flipped = train.images.flip(-1)
-    x = torch.cat([penultimate_features(src, train.images), penultimate_features(src, flipped)])
     y = torch.cat([train.targets, train.targets]).long()
     num_classes = int(train.targets.max()) + 1
     val_x = penultimate_features(src, val.images) if val is not None else None
