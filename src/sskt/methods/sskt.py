@@ -6,7 +6,6 @@ augmented view. Loss = target loss + sum over sources of alpha_s * aux_loss(head
 """
 from __future__ import annotations
 
-import sys
 
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -188,18 +187,3 @@ class SSKT(Method):
                 out[f"adapted/{src.name}"] = info
         return out
 
-
-def adapt_source(src: Source, ctx: BuildContext) -> dict:
-    """``adapt: probe`` for a method's source or teacher: fitted on the labelled training images (the
-    validation split picks the penalty); when a trained run is only rebuilt (evaluate, export), the
-    source just gets the adapted classifier's shape."""
-    from sskt.sources.adapt import adapt_with_probe, reshape_classifier
-
-    if ctx.multilabel:
-        raise SSKTError(f"source {src.name!r}: adapt: probe is for single-label targets")
-    if not ctx.for_training or ctx.train_data is None:
-        reshape_classifier(src, ctx.num_classes)
-        return {}
-    print(f"sskt: fitting a linear probe on source {src.name!r}'s features of {len(ctx.labeled_data)} labelled "
-          f"images (adapt: probe)", file=sys.stderr, flush=True)
-    return adapt_with_probe(src, ctx.labeled_data, ctx.val_data)
