@@ -6,7 +6,6 @@ augmented view. Loss = target loss + sum over sources of alpha_s * aux_loss(head
 """
 from __future__ import annotations
 
-
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
