@@ -21,7 +21,7 @@ from sskt.models.target import TargetNetwork
 from sskt.sources.bank import SourceBank
 from sskt.sources.source import Source, build_source, source_config
 
-HEADS = ("linear", "transfer")
+HEADS = ("linear", "transfer", "main")
 MAX_DEFAULT_WIDTH = 256
 
 
@@ -29,7 +29,9 @@ MAX_DEFAULT_WIDTH = 256
 class SSKTOptions:
     """Options of the SSKT method.
 
-    ``head``: ``transfer`` (merges the tapped stages) or ``linear`` (on pooled features).
+    ``head``: ``transfer`` (merges the tapped stages), ``linear`` (on pooled features), or ``main`` (no
+    auxiliary head: the main head itself learns the sources' soft labels, as in KD; for sources that
+    predict the target's classes, e.g. with ``adapt: probe``).
     ``transfer_width``: the transfer module's common width D; by default the channels of the deepest
     tapped stage, capped at 256 (64 for a CIFAR ResNet, as in the reference; the reference's 1000 for
     ImageNet ResNets costs ~13M parameters per source on a ResNet-50, more than the target itself).
@@ -105,9 +107,19 @@ class SSKT(Method):
         self.bank = SourceBank(sources, options.source_precision)
         # (temperature, alpha) per source, in source order.
         self.weights = list(per_source or [(options.temperature, options.alpha)] * len(sources))
-        self.heads = nn.ModuleDict(
-            {s.name: make_head(options.head, target, example, s.num_classes, options.transfer_width) for s in sources}
-        )
+        if options.head == "main":
+            # The sources' soft labels teach the main head itself (KD-style): only for sources that predict
+            # the target's own classes, e.g. adapted with adapt: probe.
+            foreign = [s.name for s in sources if s.num_classes != target.num_classes]
+            if foreign or multilabel:
+                raise SSKTError(f"head: main needs single-label sources that predict the target's {target.num_classes} "
+                                f"classes; {foreign or 'this multi-label task'} do(es) not: use adapt: probe on them, "
+                                f"or head: transfer / linear")
+            self.heads = nn.ModuleDict()
+        else:
+            self.heads = nn.ModuleDict(
+                {s.name: make_head(options.head, target, example, s.num_classes, options.transfer_width)
+                 for s in sources})
         self.cache = None  # a SoftLabelCache once attach_cache() is called: then sources never run in training
         self.adapted: dict[str, dict] = {}  # what adapt: probe measured, per adapted source
         self._test_data = None  # kept out of the module state: only for extra_results
@@ -171,7 +183,7 @@ class SSKT(Method):
         losses = {"target": self.target_loss(feats.logits, batch)}
         teacher = self.soft_labels(batch)
         for src, (temperature, alpha) in zip(self.bank.sources, self.weights):
-            aux_logits = self.heads[src.name](feats.pooled, feats.stages)
+            aux_logits = feats.logits if self.options.head == "main" else self.heads[src.name](feats.pooled, feats.stages)
             losses[f"aux/{src.name}"] = alpha * self.aux_loss(aux_logits, teacher[src.name], temperature)
         return StepOutput(feats.logits, losses)
 
