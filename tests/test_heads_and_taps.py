@@ -69,3 +69,27 @@ def test_export_has_main_head_only():
     target.eval()
     assert torch.allclose(exported(x), target(x))
     assert not any("aux" in k or "heads" in k for k in exported.state_dict())
+
+
+def test_main_head_mode_distils_into_the_main_head():
+    """head: main adds no auxiliary head: the source's soft labels are the main head's KD target."""
+    from sskt.errors import SSKTError
+    from sskt.losses import kd_loss
+    from sskt.methods.sskt import SSKT, SSKTOptions
+    from sskt.models.factory import create_model
+    from sskt.sources.source import Source
+
+    torch.manual_seed(0)
+    target = TargetNetwork("cifar_resnet20", 10)
+    src = Source("s", create_model("cifar_resnet20", 10), 10, input_size=32)
+    method = SSKT(target, [src], SSKTOptions(sources=[{"name": "s"}], head="main", alpha=0.5, temperature=2.0),
+                  example=torch.rand(1, 3, 32, 32))
+    assert len(method.heads) == 0
+    target.eval()  # BatchNorm in eval: the hand computation below sees the same logits
+    x = torch.rand(4, 3, 32, 32)
+    out = method.training_step({"image": x, "target": torch.arange(4)})
+    expected = 0.5 * kd_loss(target(x), src(x), 2.0)
+    assert torch.allclose(out.losses["aux/s"], expected, atol=1e-5)
+    foreign = Source("f", create_model("cifar_resnet20", 100), 100, input_size=32)
+    with pytest.raises(SSKTError, match="head: main needs .*adapt: probe"):
+        SSKT(target, [foreign], SSKTOptions(sources=[{"name": "f"}], head="main"), example=torch.rand(1, 3, 32, 32))
