@@ -32,7 +32,8 @@ class MethodModule(L.LightningModule):
 
     def __init__(self, method: Method, train_cfg: Any, crop_padding: int = 4, flip: bool = True,
                  num_classes: int = 10, multilabel: bool = False, seed: int = 0,
-                 config: dict | None = None, classes: list[str] | None = None) -> None:
+                 config: dict | None = None, classes: list[str] | None = None,
+                 wall_start: float | None = None) -> None:
         super().__init__()
         self.config = config or {}  # stored in checkpoints so evaluate/export can rebuild the run
         self.method = method
@@ -53,7 +54,9 @@ class MethodModule(L.LightningModule):
         self._step_start = 0.0
         self._loss_sum, self._loss_count = 0.0, 0
         self._augment: BatchAugment | None = None
-        self._wall_start, self._wall_before = time.perf_counter(), 0.0
+        # The run's wall time starts when fit() does: loading data and building caches count.
+        self._wall_start = time.perf_counter() if wall_start is None else wall_start
+        self._wall_before = 0.0
 
     @property
     def metric_name(self) -> str:

@@ -153,8 +153,7 @@ def fit(cfg: ExperimentConfig, callbacks: Sequence[L.Callback] = ()) -> RunResul
         print(f"sskt: {len(splits.train)} labelled + {len(splits.unlabeled)} unlabelled training images; every "
               f"unlabelled image is seen once every {passes:.1f} epoch(s)", file=sys.stderr, flush=True)
     module = MethodModule(method, cfg.train, cfg.data.crop_padding, cfg.data.flip, splits.num_classes,
-                          splits.multilabel, cfg.seed, cfg.to_dict(), splits.classes)
-    module._wall_start = started  # the run's wall time includes loading data and building caches
+                          splits.multilabel, cfg.seed, cfg.to_dict(), splits.classes, wall_start=started)
     train_loader, eval_loaders = loaders(cfg, splits, ctx.train_data)
     module.eval_splits = list(eval_loaders)
     trainer = make_trainer(cfg, out_dir, callbacks)

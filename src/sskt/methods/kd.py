@@ -7,7 +7,6 @@ KD teacher: that is what SSKT's auxiliary heads are for.
 from __future__ import annotations
 
 import sys
-
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +16,7 @@ from torch import Tensor, nn
 
 from sskt.errors import SSKTError
 from sskt.losses import kd_loss
-from sskt.methods.base import METHODS, BuildContext, Method, StepOutput, labeled_rows, parse_options
+from sskt.methods.base import METHODS, BuildContext, Method, StepOutput, parse_options
 from sskt.models.target import TargetNetwork
 from sskt.sources.source import Source, build_source, source_config
 
@@ -47,9 +46,12 @@ class KDOptions:
 
 
 def distillation_loss(student: Tensor, teacher: Tensor, target: Tensor, temperature: float,
-                      alpha: float) -> tuple[Tensor, Tensor]:
-    """The two weighted terms of the KD loss: ((1 - alpha) * CE, alpha * T^2 * batch-mean KL)."""
-    return (1.0 - alpha) * F.cross_entropy(student, target), alpha * kd_loss(student, teacher, temperature)
+                      alpha: float, labeled: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """The two weighted terms of the KD loss: ((1 - alpha) * CE, alpha * T^2 * batch-mean KL).
+
+    ``labeled`` (bool per row, optional): the CE uses only those rows; the KL teaches on every row."""
+    hard_student, hard_target = (student, target) if labeled is None else (student[labeled], target[labeled])
+    return (1.0 - alpha) * F.cross_entropy(hard_student, hard_target), alpha * kd_loss(student, teacher, temperature)
 
 
 class _OnDevice(nn.Module):
@@ -125,10 +127,8 @@ class KD(Method):
         with torch.no_grad():
             teacher_logits = self.teacher(images)  # same augmented view as the student
         logits = self.target(images)
-        # The soft term teaches on every image, the hard one only on the labelled ones.
-        labeled_logits, labeled = labeled_rows(logits, batch)
-        hard = (1.0 - self.options.alpha) * F.cross_entropy(labeled_logits, labeled["target"])
-        soft = self.options.alpha * kd_loss(logits, teacher_logits, self.options.temperature)
+        hard, soft = distillation_loss(logits, teacher_logits, batch["target"], self.options.temperature,
+                                       self.options.alpha, batch.get("labeled"))
         return StepOutput(logits, {"target": hard, "kd": soft})
 
     def extra_results(self) -> dict[str, Any]:
