@@ -1,11 +1,11 @@
 """fit / evaluate / export: the Python API behind the CLI."""
 from __future__ import annotations
 
-import sys
-
+import dataclasses
 import logging
 import os
 import platform
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -213,7 +213,8 @@ def load_trained(checkpoint: str | os.PathLike, overrides: Sequence[str] = ()) -
         raise SSKTError(f"{checkpoint} is not an sskt training checkpoint (no sskt_config); "
                         f"for an exported target.pt use it as a source or with sskt.load_target")
     cfg = ExperimentConfig.from_dict(ckpt["sskt_config"]).with_overrides(overrides)
-    splits = load_data(cfg.data)
+    # Rebuilding needs no unlabelled images (nothing is trained): don't decode them.
+    splits = load_data(dataclasses.replace(cfg.data, unlabeled=None))
     method = build_method(cfg.method, build_context(cfg, splits, for_training=False))
     state = {k[len("method."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("method.")}
     missing, unexpected = method.load_state_dict(state, strict=False)
