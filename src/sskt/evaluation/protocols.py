@@ -5,9 +5,8 @@ The labelled data is the checkpoint's own ``data`` section with the user's overr
 """
 from __future__ import annotations
 
-import sys
-
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
