@@ -37,15 +37,13 @@ import yaml
 
 from sskt.cli import command
 from sskt.config import ExperimentConfig, apply_overrides
+from sskt.engine.rundir import COSMETIC, config_changes, normalised
 from sskt.errors import SSKTError
 
 # Keys of result.json written by the engine itself; anything else came from method.extra_results().
 _ENGINE_KEYS = {"name", "seed", "config", "versions", "metric", "final", "best", "history", "train_seconds",
                 "wall_seconds_this_invocation", "resumed_from", "train_images", "test_images", "machine",
                 "best_epoch", "best_val", "val_images", "unlabeled_images", "wall_seconds"}
-# Settings that change how a run is shown or stored, not what it computes: ignored when reusing a run.
-_COSMETIC = {("train", "progress_bar"), ("train", "log_every_n_steps"), ("train", "tensorboard"),
-             ("train", "resume"), ("data", "num_workers"), ("train", "checkpoint_every")}
 
 
 @dataclass
@@ -128,21 +126,6 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def _differences(old: dict, new: dict, prefix: tuple = ()) -> list[str]:
-    keys = sorted(set(old) | set(new))
-    diffs = []
-    for k in keys:
-        path = prefix + (k,)
-        if path in _COSMETIC:
-            continue
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            diffs += _differences(a, b, path)
-        elif a != b:
-            diffs.append(".".join(map(str, path)))
-    return diffs
-
-
 def run_one(cfg: ExperimentConfig) -> tuple[dict, bool]:
     """(result record, reused?) of one run: its result.json if finished with this config, else fit."""
     from sskt.engine.run import fit
@@ -150,7 +133,8 @@ def run_one(cfg: ExperimentConfig) -> tuple[dict, bool]:
     result_file = Path(cfg.out_dir) / "result.json"
     if result_file.is_file():
         record = json.loads(result_file.read_text())
-        diffs = _differences(record.get("config", {}), cfg.to_dict())
+        changes = config_changes(normalised(record.get("config", {})), cfg.to_dict())
+        diffs = [key for key in changes if key not in COSMETIC]
         if diffs:
             raise SSKTError(f"{result_file} was made with another config (differs in {', '.join(diffs[:5])}); "
                             f"delete {cfg.out_dir} or change out_dir")

@@ -36,3 +36,9 @@ def atomic_json_dump(obj: Any, path: str | os.PathLike) -> Path:
     """json.dump (indented, sorted keys) written atomically."""
     data = json.dumps(obj, indent=2, sort_keys=True, default=str).encode()
     return _atomic_write(path, lambda fh: fh.write(data))
+
+
+def atomic_text_write(text: str, path: str | os.PathLike) -> Path:
+    """A text file (UTF-8) written atomically."""
+    data = text.encode()
+    return _atomic_write(path, lambda fh: fh.write(data))

@@ -62,6 +62,13 @@ class MethodModule(L.LightningModule):
     def metric_name(self) -> str:
         return "map" if self.multilabel else "acc"
 
+    def on_train_start(self) -> None:
+        # A resumed run may go on for more epochs (sskt.engine.rundir.CONTINUABLE): a cosine schedule restored
+        # from the checkpoint would climb back up after its old end, so it is stretched to the new one.
+        for config in self.trainer.lr_scheduler_configs:
+            if isinstance(config.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+                config.scheduler.T_max = max(self.train_cfg.epochs, 1)
+
     def on_train_epoch_start(self) -> None:
         # A generator per rank and epoch: resumed runs see the same views as uninterrupted ones.
         self._augment = BatchAugment(self.crop_padding, self.flip,
@@ -166,6 +173,9 @@ class MethodModule(L.LightningModule):
         checkpoint["sskt_config"] = self.config
         checkpoint["sskt"] = {"history": self.history, "train_seconds": self.train_seconds,
                               "wall_seconds": self.wall_seconds()}
+        from sskt.engine.export import target_record  # what `sskt export` reads: no data or sources needed
+
+        checkpoint["sskt"]["target"] = target_record(self)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("sskt", {})

@@ -5,6 +5,7 @@ import dataclasses
 import logging
 import os
 import platform
+import signal
 import sys
 import time
 import warnings
@@ -23,6 +24,7 @@ from sskt.data.sampling import MixedBatchSampler, epochs_per_unlabeled_pass
 from sskt.data.tensor_dataset import ImageSplits, ImageTensorDataset, collate_batch
 from sskt.engine.io import atomic_json_dump, atomic_torch_save
 from sskt.engine.lit import MethodModule
+from sskt.engine.rundir import announce, prepare_run_dir
 from sskt.errors import SSKTError
 from sskt.methods import BuildContext, Method, build_method
 
@@ -52,8 +54,20 @@ class SaveLast(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         epoch = trainer.current_epoch + 1
         if epoch % self.every == 0 or epoch == trainer.max_epochs:
+            bad = non_finite_tensors(module)
+            if bad:  # never checkpoint a diverged model: the previous good checkpoint stays
+                raise SSKTError(
+                    f"the weights became non-finite in epoch {trainer.current_epoch} ({', '.join(bad[:3])}); "
+                    f"{self.path} still holds the last good epoch. Lower train.lr and start over "
+                    f"(train.resume=false, or a new out_dir)")
             # weights_only=False: resuming needs the optimiser and loop state. Collective under DDP; rank 0 writes.
             trainer.save_checkpoint(self.path, weights_only=False)
+
+
+def non_finite_tensors(module: torch.nn.Module) -> list[str]:
+    """Names of the parameters and buffers (BatchNorm statistics) holding NaN or inf."""
+    named = [*module.named_parameters(), *module.named_buffers()]
+    return [name for name, t in named if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
 @dataclass
@@ -141,6 +155,8 @@ def fit(cfg: ExperimentConfig, callbacks: Sequence[L.Callback] = ()) -> RunResul
     started = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     out_dir = Path(cfg.out_dir)
+    # Before any decoding: a folder that cannot be written, or that holds another experiment, is refused.
+    announce(prepare_run_dir(cfg.to_dict(), out_dir, cfg.train.resume))
     splits = load_data(cfg.data)
     ctx = build_context(cfg, splits)
     method = build_method(cfg.method, ctx)
@@ -163,7 +179,14 @@ def fit(cfg: ExperimentConfig, callbacks: Sequence[L.Callback] = ()) -> RunResul
         for expected in _EXPECTED_WARNINGS:
             warnings.filterwarnings("ignore", message=expected)
         # Our checkpoints hold tensors and plain data only: resume without unpickling arbitrary objects.
-        trainer.fit(module, train_loader, list(eval_loaders.values()), ckpt_path=resume, weights_only=True)
+        try:
+            trainer.fit(module, train_loader, list(eval_loaders.values()), ckpt_path=resume, weights_only=True)
+        except SystemExit:
+            # Lightning answers Ctrl-C with sys.exit(1) and leaves SIGINT ignored: restore it, report an interrupt.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            if trainer.interrupted:
+                raise KeyboardInterrupt from None
+            raise
     if trainer.interrupted:
         raise SSKTError(f"training was interrupted; run the same command again to resume from {last}")
     history = module.history
@@ -255,7 +278,9 @@ def evaluate(checkpoint: str | os.PathLike, overrides: Sequence[str] = ()) -> di
             "test_images": len(splits.test)}
 
 
-def export(checkpoint: str | os.PathLike, path: str | os.PathLike) -> Path:
-    """Write the target alone (main head, no auxiliary heads, no sources) as an sskt model file."""
-    cfg, method = load_trained(checkpoint)
-    return method.target.save(path)
+def export(checkpoint: str | os.PathLike, path: str | os.PathLike, format: str | None = None) -> Path:
+    """Write the target alone (main head, no auxiliary heads, no sources; an sskt model file by default)
+    and its model card (``<path>.md``); needs neither the data nor the sources. See :mod:`sskt.engine.export`."""
+    from sskt.engine.export import export as export_target
+
+    return export_target(checkpoint, path, format).path
