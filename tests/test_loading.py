@@ -69,3 +69,34 @@ def test_shared_cifar_checkpoints_load_by_name_and_file():
     for depth, name in ((20, "resnet20-12fca82f.th"), (32, "resnet32-d509ac18.th"), (44, "resnet44-014dd654.th")):
         net = load_network(f"cifar_resnet{depth}", need(CIFAR_WEIGHTS / name))
         assert net.num_classes == 10 and net.input_size == 32
+
+
+@pytest.mark.parametrize("content, kind", [
+    (b"<!DOCTYPE html><html><body>Sign in to download</body></html>", "an HTML page"),
+    (bytes(range(7, 200)), "a file starting with"),
+    (b"", "an empty file"),
+])
+def test_a_file_that_is_no_checkpoint_is_not_called_a_pickle(tmp_path, content, kind):
+    path = tmp_path / "weights.pth"
+    path.write_bytes(content)
+    with pytest.raises(SSKTError, match="is not a PyTorch checkpoint") as err:
+        load_network("cifar_resnet20", str(path), num_classes=10)
+    assert kind in str(err.value) and "trust_pickle" not in str(err.value)
+
+
+def test_a_truncated_checkpoint_is_unreadable_not_untrusted(tmp_path):
+    torch.save(create_model("cifar_resnet20", num_classes=10).state_dict(), tmp_path / "full.pth")
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "full.pth").read_bytes()[:5000])
+    with pytest.raises(SSKTError, match="not a readable PyTorch checkpoint") as err:
+        load_network("cifar_resnet20", str(tmp_path / "cut.pth"), num_classes=10)
+    assert "trust_pickle" not in str(err.value)
+
+
+def test_a_pickled_target_checkpoint_says_how_to_save_weights_not_to_trust(tmp_path):
+    from sskt.methods.base import BuildContext, TargetConfig
+
+    torch.save(create_model("cifar_resnet20", num_classes=10), tmp_path / "whole.pth")
+    ctx = BuildContext(num_classes=10, input_shape=(3, 32, 32), multilabel=False,
+                       target=TargetConfig(checkpoint=str(tmp_path / "whole.pth")))
+    with pytest.raises(SSKTError, match=r"must be a state_dict: torch.save\(model.state_dict"):
+        ctx.build_target()

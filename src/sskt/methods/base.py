@@ -68,7 +68,8 @@ class BuildContext:
                 state, what = loaded.module.state_dict(), f"pretrained {t.arch}"
                 mean, std = mean or loaded.mean, std or loaded.std  # the weights' own statistics
             else:
-                state, what = extract_state_dict(read_checkpoint(t.checkpoint)), str(t.checkpoint)
+                hint = "a target's initial weights must be a state_dict: torch.save(model.state_dict(), path)"
+                state, what = extract_state_dict(read_checkpoint(t.checkpoint, trust_hint=hint)), str(t.checkpoint)
         net = TargetNetwork(arch or t.arch, num_classes or self.num_classes, self.in_chans, mean, std,
                             t.stages if arch is None else None)
         if state is not None:

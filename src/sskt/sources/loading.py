@@ -34,24 +34,45 @@ class LoadedNetwork:
     weights_file: Path | None = None  # where pretrained weights were read from (checkpoint: the checkpoint)
 
 
-def read_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> Any:
+# How the files torch.save writes begin: a zip archive (PyTorch >= 1.6) or a pickle (older, or
+# _use_new_zipfile_serialization=False). Anything else is not a checkpoint at all.
+_CHECKPOINT_MAGIC = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+
+
+def _sniff(path: Path) -> None:
+    """One line for a file that is not a PyTorch checkpoint (an HTML page, a truncated or random file)."""
+    with open(path, "rb") as fh:
+        head = fh.read(64)
+    if head.startswith(_CHECKPOINT_MAGIC):
+        return
+    text = head.lstrip().lower()
+    kind = ("an HTML page (a download link saved instead of the file?)" if text.startswith((b"<!doctype", b"<html"))
+            else "an empty file" if not head else f"a file starting with {head[:16]!r}")
+    raise SSKTError(f"{path} is not a PyTorch checkpoint: it is {kind}; download or save it again "
+                    f"(torch.save(model.state_dict(), path))")
+
+
+def read_checkpoint(path: str | os.PathLike, trust_pickle: bool = False,
+                    trust_hint: str = "if you trust it, set trust_pickle: true for this source") -> Any:
     """``torch.load`` on the CPU with ``weights_only=True`` unless the user trusts the file.
 
-    A whole pickled module needs ``trust_pickle`` because unpickling can run arbitrary code.
+    A whole pickled module needs ``trust_pickle`` because unpickling can run arbitrary code. A file that
+    is no checkpoint at all (HTML, random bytes) is told apart from one that holds code-carrying pickles.
+    ``trust_hint`` says how the caller's user can trust the file (or what to do where they cannot).
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_file():
         raise SSKTError(f"checkpoint not found: {path}; check the path")
+    _sniff(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as err:
         if "weights_only" in str(err) or "Weights only" in str(err):
-            raise SSKTError(
-                f"{path} holds pickled Python objects (e.g. a whole model), which can run code when loaded; "
-                f"if you trust it, set trust_pickle: true for this source"
-            ) from None
-        raise SSKTError(f"{path} is not a readable PyTorch checkpoint ({err}); re-save it") from None
-    except (RuntimeError, EOFError, OSError) as err:
+            raise SSKTError(f"{path} holds pickled Python objects (e.g. a whole model), which can run code when "
+                            f"loaded; {trust_hint}") from None
+        raise SSKTError(f"{path} is not a readable PyTorch checkpoint ({str(err).splitlines()[0]}); "
+                        f"re-save it") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise SSKTError(f"{path} is not a readable PyTorch checkpoint ({str(err).splitlines()[0]}); re-save it") from None
 
 
