@@ -84,3 +84,20 @@ def test_short_digits_run_beats_chance_and_records_teacher_accuracy(make_config,
     result = fit(make_config(tmp_path, method))
     assert result.final > CHANCE + 5
     assert result.record["teacher_acc"] > CHANCE
+
+
+@pytest.mark.parametrize("target_classes, hint", [
+    (["dog", "frog", "horse", "ship", "truck"], "label space"),
+    (["bird", "airplane", "automobile", "cat", "deer"], "the same, in another order"),
+])
+def test_teacher_with_other_class_names_is_refused(tmp_path: Path, target_classes: list, hint: str) -> None:
+    teacher_classes = ["airplane", "automobile", "bird", "cat", "deer"]
+    TargetNetwork("cifar_resnet20", 5).save(tmp_path / "teacher.pt", classes=teacher_classes)
+    ctx = BuildContext(num_classes=5, input_shape=(3, 32, 32), multilabel=False, target=TargetConfig(),
+                       classes=target_classes)
+    with pytest.raises(SSKTError, match="predicts classes \\[airplane, automobile, bird, cat, \\.\\.\\.\\]") as err:
+        KD.from_config({"teacher": {"checkpoint": str(tmp_path / "teacher.pt")}}, ctx)
+    assert hint in str(err.value)
+    # The same names in the same order are accepted.
+    ctx.classes = teacher_classes
+    assert KD.from_config({"teacher": {"checkpoint": str(tmp_path / "teacher.pt")}}, ctx).teacher.classes == teacher_classes

@@ -92,6 +92,7 @@ class KD(Method):
     """
 
     name = "kd"
+    options_class = KDOptions
     learns_from_unlabeled = True
 
     def __init__(self, target: TargetNetwork, teacher: Source, options: KDOptions, test_data: Any = None) -> None:
@@ -115,6 +116,13 @@ class KD(Method):
         teacher_cfg = source_config({"name": "teacher", **opts.teacher})
         teacher = build_source(teacher_cfg, ctx.in_chans)
         adapted = adapt_source(teacher, ctx) if teacher_cfg.adapt == "probe" else {}
+        if not adapted and teacher.classes and ctx.classes and teacher.classes != list(ctx.classes):
+            # Same count, other names (or order): logit i would teach the wrong class.
+            same_set = sorted(teacher.classes) == sorted(ctx.classes)
+            raise SSKTError(
+                f"kd teacher {teacher.name!r} predicts classes {_short(teacher.classes)} but the target's are "
+                f"{_short(ctx.classes)}{' (the same, in another order)' if same_set else ''}; KD needs the same "
+                f"label space in the same order; for a teacher of other classes use method sskt")
         method = cls(ctx.build_target(), teacher, opts, ctx.test_data)
         method.adapted_teacher = adapted
         return method
@@ -167,3 +175,7 @@ def adapt_source(src: Source, ctx: BuildContext) -> dict:
     print(f"sskt: fitting a linear probe on source {src.name!r}'s features of {len(ctx.labeled_data)} labelled "
           f"images (adapt: probe)", file=sys.stderr, flush=True)
     return adapt_with_probe(src, ctx.labeled_data, ctx.val_data)
+
+
+def _short(names: list[str], shown: int = 4) -> str:
+    return "[" + ", ".join(names[:shown]) + (", ...]" if len(names) > shown else "]")

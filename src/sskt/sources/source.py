@@ -98,9 +98,11 @@ class Source(nn.Module):
         bn_mode: str = "eval",
         frames: str = "centre",
         fingerprint: str = "",
+        classes: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         self.name, self.num_classes = name, num_classes
+        self.classes = list(classes) if classes else None  # class names, when the weights file stores them
         self.input_size, self.input_scale = input_size, input_scale
         self.bn_mode, self.frames = bn_mode, frames
         self.fingerprint = fingerprint
@@ -161,7 +163,7 @@ def build_model_source(cfg: SourceConfig, in_chans: int = 3) -> Source:
     weights = cfg.checkpoint or net.weights_file
     digest = file_digest(weights)[:16] if weights else f"random-{cfg.arch}"
     return Source(cfg.name, net.module, net.num_classes, input_size, cfg.input_scale, mean, std, cfg.bn_mode,
-                  cfg.frames, fingerprint=digest)
+                  cfg.frames, fingerprint=digest, classes=net.classes)
 
 
 def has_classifier(module: nn.Module) -> bool:
