@@ -106,14 +106,20 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="a training checkpoint (out_dir/checkpoints/last.ckpt)")
-    p.add_argument("output", help="where to write the model file, e.g. target.pt")
+    p.add_argument("output", help="where to write the model file, e.g. target.pt, target.onnx; a model card "
+                                  "goes to <output>.md")
+    p.add_argument("--format", choices=["sskt", "torchscript", "onnx", "safetensors"], default=None,
+                   help="default: from the output's suffix (.pt sskt, .ts/.torchscript, .onnx, .safetensors), "
+                        "else sskt")
 
 
 @command("export", "write the target alone (main head only, no auxiliary heads or sources)", _export_args)
 def run_export(args: argparse.Namespace) -> int:
-    from sskt.engine.run import export
+    from sskt.engine.export import export
 
-    print(f"wrote {export(args.checkpoint, args.output)}")
+    written = export(args.checkpoint, args.output, args.format)
+    print(f"wrote {written.path} ({written.format})")
+    print(f"wrote {written.card} (model card)")
     return 0
 
 

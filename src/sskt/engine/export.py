@@ -1,0 +1,409 @@
+"""``sskt export``: the trained target alone, as a portable file with a model card beside it.
+
+A training checkpoint (``last.ckpt``) holds the target's weights under ``method.target.`` and, since
+this module exists, a record of what the target is (``checkpoint["sskt"]["target"]``: architecture,
+classes, input shape and statistics; see :func:`target_record`). Export reads only that: it needs
+neither the training data nor the sources nor a teacher, and works from any directory. Checkpoints
+written before the record existed are rebuilt from their weights, with the class names and input
+shape read from their training data (an error names the problem when the data is not there).
+
+Formats (``format=`` or the output's suffix; every one takes float images in [0, 1], N x C x H x W
+(N x C x T x H x W for clips), normalisation included, and returns logits):
+
+- ``sskt`` (``.pt``, default): the sskt model file, loadable by :func:`sskt.sources.load_network`
+  and usable as a source;
+- ``torchscript`` (``.ts``, ``.torchscript``): ``torch.jit.load(path)``, metadata in the extra file
+  ``sskt.json``;
+- ``onnx`` (``.onnx``): dynamic batch axis, input ``images``, output ``logits``, metadata in the
+  model's ``metadata_props`` (needs ``pip install 'sskt[export]'``);
+- ``safetensors`` (``.safetensors``): the weights (``normalize.*`` and ``model.*``) with the metadata
+  as JSON under the ``sskt`` key (:func:`load_safetensors` rebuilds the network).
+
+Beside the file, ``<output>.md`` is a model card: architecture, parameters, classes, input, method and
+sources, test accuracy, sskt version.
+
+Example:
+    >>> from sskt.engine.export import export
+    >>> written = export("runs/digits-scratch/checkpoints/last.ckpt", "digits.onnx")  # doctest: +SKIP
+    >>> written.path, written.card  # doctest: +SKIP
+    (PosixPath('digits.onnx'), PosixPath('digits.onnx.md'))
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from sskt.engine.io import _atomic_write
+from sskt.errors import SSKTError
+from sskt.models.factory import create_model, model_spec
+from sskt.models.target import EXPORT_FORMAT, NormalizedClassifier
+
+FORMATS = ("sskt", "torchscript", "onnx", "safetensors")
+SUFFIXES = {".pt": "sskt", ".pth": "sskt", ".ts": "torchscript", ".torchscript": "torchscript",
+            ".onnx": "onnx", ".safetensors": "safetensors"}
+_TARGET_PREFIX = "method.target."
+_ONNX_OPSET = 17  # exported by torch >= 1.13, run by onnxruntime >= 1.14
+
+
+@dataclasses.dataclass
+class Exported:
+    """What :func:`export` wrote."""
+
+    path: Path
+    card: Path
+    format: str
+
+
+def target_record(module: Any) -> dict[str, Any]:
+    """What export needs to know about a :class:`~sskt.engine.lit.MethodModule`'s target, stored in its
+    checkpoints (``checkpoint["sskt"]["target"]``) so that export needs no data and no sources."""
+    t = module.method.target
+    classes = list(module.classes) if len(module.classes) == t.num_classes else None  # pretext/cluster heads
+    trainer = getattr(module, "_trainer", None)
+    try:
+        images = getattr(getattr(trainer.train_dataloader, "dataset", None), "images", None)
+    except Exception:  # no trainer, or no training loader (e.g. a checkpoint saved outside fit)
+        images = None
+    shape = [int(s) for s in images.shape[1:]] if isinstance(images, torch.Tensor) else None
+    return {"arch": t.arch, "num_classes": int(t.num_classes), "in_chans": int(t.in_chans),
+            "mean": t.normalize.mean.tolist(), "std": t.normalize.std.tolist(), "classes": classes,
+            "input_shape": shape, "multilabel": bool(getattr(module, "multilabel", False))}
+
+
+def resolve_format(path: str | os.PathLike, format: str | None = None) -> str:
+    """``format`` if given, else the one the output's suffix names, else ``sskt``."""
+    if format is not None:
+        if format not in FORMATS:
+            raise SSKTError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+        return format
+    return SUFFIXES.get(Path(path).suffix.lower(), "sskt")
+
+
+def export(checkpoint: str | os.PathLike, path: str | os.PathLike, format: str | None = None) -> Exported:
+    """Write the target of a training checkpoint (main head only, normalisation included) to ``path``
+    in ``format`` (default: from the suffix, else the sskt model file), and a model card to
+    ``<path>.md``. Both are written atomically and honour the umask."""
+    path = Path(path)
+    fmt = resolve_format(path, format)
+    if path.is_dir():
+        raise SSKTError(f"{path} is a directory; give a file name, e.g. {path / ('target' + _suffix(fmt))}")
+    ckpt = _read_training_checkpoint(checkpoint)
+    net, meta = _target_from_checkpoint(ckpt, str(checkpoint))
+    card_path = path.with_name(path.name + ".md")
+    if card_path.is_dir():
+        raise SSKTError(f"{card_path} (the model card) is a directory; move it or choose another output name")
+    payload = _WRITERS[fmt](net, meta)  # everything is converted before anything is written
+    card = model_card(ckpt, net, meta, path.name, fmt)
+    try:
+        _atomic_write(path, lambda fh: fh.write(payload))
+        _atomic_write(card_path, lambda fh: fh.write(card.encode()))
+    except OSError as err:
+        raise SSKTError(f"cannot write {path} ({err.strerror or err}); choose a writable file path") from None
+    return Exported(path, card_path, fmt)
+
+
+def _suffix(fmt: str) -> str:
+    return {"sskt": ".pt", "torchscript": ".ts", "onnx": ".onnx", "safetensors": ".safetensors"}[fmt]
+
+
+def _read_training_checkpoint(checkpoint: str | os.PathLike) -> dict:
+    from sskt.sources.loading import read_checkpoint
+
+    ckpt = read_checkpoint(checkpoint, trust_pickle=False)
+    if not isinstance(ckpt, dict) or "sskt_config" not in ckpt or "state_dict" not in ckpt:
+        raise SSKTError(f"{checkpoint} is not an sskt training checkpoint (no sskt_config); "
+                        f"for an exported target.pt use it as a source or with sskt.load_network")
+    return ckpt
+
+
+def _target_from_checkpoint(ckpt: dict, what: str) -> tuple[NormalizedClassifier, dict[str, Any]]:
+    """The target (eval mode, float32, CPU) and its metadata (arch, num_classes, in_chans, mean, std,
+    classes, input_shape, multilabel)."""
+    state = {k[len(_TARGET_PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(_TARGET_PREFIX)}
+    record = (ckpt.get("sskt") or {}).get("target")
+    if record is None:
+        return _rebuild_old(ckpt, state, what)
+    meta = dict(record)
+    model = create_model(meta["arch"], int(meta["num_classes"]), int(meta["in_chans"]))
+    from sskt.sources.loading import load_weights
+
+    weights = {k[len("model."):]: _float(v) for k, v in state.items() if k.startswith("model.")}
+    load_weights(model, weights, what)
+    meta["input_shape"] = meta.get("input_shape") or _default_shape(ckpt, meta)
+    net = NormalizedClassifier(model, meta["mean"], meta["std"]).eval()
+    return net, meta
+
+
+def _rebuild_old(ckpt: dict, state: dict, what: str) -> tuple[NormalizedClassifier, dict[str, Any]]:
+    """A checkpoint written before the target record: the weights say the architecture's size, the
+    training data says the class names and the input shape."""
+    from sskt.cluster.teacher import target_from_state
+    from sskt.config import ExperimentConfig
+    from sskt.data.datasets import load_data
+
+    cfg = ExperimentConfig.from_dict(ckpt["sskt_config"])
+    target = target_from_state({k: _float(v) for k, v in state.items()}, ckpt["sskt_config"].get("target", {}), what)
+    try:
+        splits = load_data(dataclasses.replace(cfg.data, unlabeled=None))
+    except (SSKTError, OSError) as err:
+        raise SSKTError(f"{what} predates portable export (it has no target record), so its class names come "
+                        f"from its training data, which could not be loaded ({str(err).splitlines()[0]}); run "
+                        f"the export where the data is, or resume the run for one epoch to rewrite the checkpoint"
+                        ) from None
+    meta = {"arch": target.arch, "num_classes": target.num_classes, "in_chans": target.in_chans,
+            "mean": target.normalize.mean.tolist(), "std": target.normalize.std.tolist(),
+            "classes": list(splits.classes) if len(splits.classes) == target.num_classes else None,
+            "input_shape": [int(s) for s in splits.train.images.shape[1:]], "multilabel": bool(splits.multilabel)}
+    return target.export(), meta
+
+
+def _float(t: torch.Tensor) -> torch.Tensor:
+    return t.float() if t.is_floating_point() else t  # counters stay integers
+
+
+def _default_shape(ckpt: dict, meta: dict) -> list[int]:
+    size = (ckpt["sskt_config"].get("data") or {}).get("image_size") or model_spec(meta["arch"]).input_size
+    if not size:
+        raise SSKTError(f"the input size of the {meta['arch']} is unknown (the checkpoint does not record it); "
+                        f"set data.image_size in the run's config")
+    return [int(meta["in_chans"]), int(size), int(size)]
+
+
+def _example(meta: dict, batch: int = 2) -> torch.Tensor:
+    return torch.rand(batch, *meta["input_shape"], generator=torch.Generator().manual_seed(0))
+
+
+def _metadata(meta: dict) -> dict[str, Any]:
+    import sskt
+
+    return {"format": EXPORT_FORMAT, "sskt_version": sskt.__version__, "arch": meta["arch"],
+            "num_classes": meta["num_classes"], "in_chans": meta["in_chans"], "mean": meta["mean"],
+            "std": meta["std"], "classes": meta["classes"], "input_shape": meta["input_shape"],
+            "multilabel": meta.get("multilabel", False), "input": "float images in [0, 1], NCHW (NCTHW for clips); "
+            "normalisation is inside the model", "output": "logits"}
+
+
+def _to_sskt(net: NormalizedClassifier, meta: dict) -> bytes:
+    """The sskt model file (the payload of :meth:`TargetNetwork.save`, with class names and input shape)."""
+    payload = {"format": EXPORT_FORMAT, "arch": meta["arch"], "num_classes": meta["num_classes"],
+               "in_chans": meta["in_chans"], "mean": list(meta["mean"]), "std": list(meta["std"]),
+               "classes": meta["classes"], "input_size": int(meta["input_shape"][-1]),
+               "input_shape": list(meta["input_shape"]), "multilabel": meta.get("multilabel", False),
+               "state_dict": net.model.state_dict()}
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    return buf.getvalue()
+
+
+@torch.no_grad()
+def _to_torchscript(net: NormalizedClassifier, meta: dict) -> bytes:
+    example = _example(meta)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit's deprecation notices, tracer warnings
+        traced = torch.jit.trace(net, (example,))
+        buf = io.BytesIO()
+        torch.jit.save(traced, buf, _extra_files={"sskt.json": json.dumps(_metadata(meta))})
+        data = buf.getvalue()
+        loaded = torch.jit.load(io.BytesIO(data))
+    _check_close(loaded(_example(meta, 3)), net(_example(meta, 3)), "TorchScript", 1e-5)
+    return data
+
+
+@torch.no_grad()
+def _to_onnx(net: NormalizedClassifier, meta: dict) -> bytes:
+    onnx = _optional("onnx", "ONNX")
+    import inspect
+
+    kwargs: dict[str, Any] = {}
+    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
+        kwargs["dynamo"] = False  # the TorchScript-based exporter: no onnxscript needed, torch 2.2 to 2.14
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation and constant-folding notices
+        try:
+            torch.onnx.export(net, (_example(meta),), buf, input_names=["images"], output_names=["logits"],
+                              dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+                              opset_version=_ONNX_OPSET, do_constant_folding=True, **kwargs)
+        except Exception as err:  # an operator ONNX lacks, or an exporter missing from this torch
+            raise SSKTError(f"the {meta['arch']} could not be exported to ONNX ({str(err).splitlines()[0]}); "
+                            f"try --format torchscript") from None
+    model = onnx.load_from_string(buf.getvalue())
+    for key, value in _metadata(meta).items():
+        prop = model.metadata_props.add()
+        prop.key, prop.value = key, value if isinstance(value, str) else json.dumps(value)
+    model.producer_name = "sskt"
+    data = model.SerializeToString()
+    try:
+        import onnxruntime
+    except ImportError:  # export without checking: the runtime is optional
+        return data
+    session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
+    x = _example(meta, 3)
+    got = torch.from_numpy(session.run(["logits"], {"images": x.numpy()})[0])
+    _check_close(got, net(x), "ONNX", 1e-3)
+    return data
+
+
+def _to_safetensors(net: NormalizedClassifier, meta: dict) -> bytes:
+    st = _optional("safetensors", "safetensors")
+    import safetensors.torch  # noqa: F401  (the torch helpers are a submodule)
+
+    tensors = {k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}
+    return st.torch.save(tensors, metadata={"format": EXPORT_FORMAT, "sskt": json.dumps(_metadata(meta))})
+
+
+_WRITERS = {"sskt": _to_sskt, "torchscript": _to_torchscript, "onnx": _to_onnx, "safetensors": _to_safetensors}
+
+
+def load_safetensors(path: str | os.PathLike) -> tuple[NormalizedClassifier, dict[str, Any]]:
+    """The network (eval mode; images in [0, 1] -> logits) and the metadata of a ``.safetensors`` export."""
+    _optional("safetensors", "safetensors")
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as fh:
+        raw = (fh.metadata() or {}).get("sskt")
+    if raw is None:
+        raise SSKTError(f"{path} is not an sskt export (no 'sskt' metadata)")
+    meta = json.loads(raw)
+    net = NormalizedClassifier(create_model(meta["arch"], meta["num_classes"], meta["in_chans"]), meta["mean"],
+                               meta["std"])
+    net.load_state_dict(load_file(str(path)))
+    return net.eval(), meta
+
+
+def _optional(module: str, what: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise SSKTError(f"exporting to {what} needs the {module} package: pip install 'sskt[export]' "
+                        f"(or pip install {module})") from None
+
+
+def _check_close(got: torch.Tensor, want: torch.Tensor, what: str, atol: float) -> None:
+    diff = float((got.float() - want.float()).abs().max())
+    if not diff <= atol * max(1.0, float(want.abs().max())):
+        raise SSKTError(f"the {what} export does not reproduce the network (max difference {diff:.3g}); "
+                        f"export to another format and report this architecture")
+
+
+def _param_count(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+def _weights(spec: dict) -> str:
+    """How a source / teacher / target config names its weights."""
+    if spec.get("pretrained"):
+        return "published weights" if spec["pretrained"] is True else f"published weights {spec['pretrained']}"
+    if spec.get("checkpoint"):
+        return f"checkpoint {Path(str(spec['checkpoint'])).name}"
+    return ""
+
+
+def _describe(spec: Any) -> str:
+    if isinstance(spec, str):
+        return spec if spec in ("hog", "same") else Path(spec).name
+    if not isinstance(spec, dict):
+        return str(spec)
+    parts = [p for p in (spec.get("arch"), _weights(spec), spec.get("kind") if spec.get("kind") not in (None, "model")
+                         else None) if p]
+    name = spec.get("name", "?")
+    return f"{name} ({', '.join(parts)})" if parts else str(name)
+
+
+def _method_lines(config: dict) -> list[str]:
+    method = dict(config.get("method") or {})
+    lines = [f"- Method: `{method.get('name', '?')}`"]
+    for key, label in (("sources", "Sources"), ("peers", "Peers")):
+        if method.get(key):
+            lines.append(f"- {label}: " + "; ".join(_describe(s) for s in method[key]))
+    if method.get("teacher"):
+        teacher = _describe(method["teacher"])
+        if isinstance(method["teacher"], str) and method.get("arch"):
+            teacher += f" ({method['arch']})"
+        lines.append(f"- Teacher: {teacher}")
+    init = _weights(config.get("target") or {})
+    lines.append(f"- Target initialised from: {init or 'random weights'}")
+    data = config.get("data") or {}
+    if data.get("dataset"):
+        labels = f", {data['per_class']} labelled images per class" if data.get("per_class") else ""
+        lines.append(f"- Training data: `{data['dataset']}`{labels}")
+    return lines
+
+
+def _accuracy_lines(ckpt: dict, config: dict, metric: str) -> list[str]:
+    from sskt.engine.run import best_by_validation
+
+    history = list((ckpt.get("sskt") or {}).get("history") or [])
+    key = f"test_{metric}"
+    scored = [h for h in history if key in h]
+    name = "mAP" if metric == "map" else "top-1 accuracy"
+    if not scored:
+        return [f"- Test {name}: not evaluated yet"]
+    last = scored[-1]
+    epochs = (config.get("train") or {}).get("epochs")
+    done = int(last.get("epoch", 0)) + 1
+    of = f" of {epochs}" if epochs else ""
+    lines = [f"- Test {name} (final, after epoch {done}{of}): {last[key]:.2f}%"]
+    best = best_by_validation(history, metric)
+    if best["best"] is not None:
+        lines.append(f"- Test {name} at the best validation score (epoch {int(best['best_epoch']) + 1}, "
+                     f"validation {best['best_val']:.2f}%): {best['best']:.2f}%")
+    else:
+        lines.append("- Best at validation: none (the run had no validation split)")
+    return lines
+
+
+def _fmt_stats(values: Sequence[float]) -> str:
+    return "[" + ", ".join(f"{v:.4f}" for v in values) + "]"
+
+
+def model_card(ckpt: dict, net: nn.Module, meta: dict, filename: str, fmt: str) -> str:
+    """The Markdown model card written beside an export."""
+    import sskt
+
+    config = ckpt.get("sskt_config") or {}
+    metric = "map" if meta.get("multilabel") else "acc"
+    shape = " x ".join(str(s) for s in meta["input_shape"])
+    layout = "N x C x T x H x W" if len(meta["input_shape"]) == 4 else "N x C x H x W"
+    classes = meta["classes"]
+    activation = "multi-label: apply a sigmoid" if meta.get("multilabel") else "single-label: apply a softmax"
+    how = {"sskt": "`sskt.load_network(None, path)`, or as a source's `checkpoint:`",
+           "torchscript": "`torch.jit.load(path)`",
+           "onnx": "onnxruntime: input `images`, output `logits`, any batch size",
+           "safetensors": "`sskt.engine.export.load_safetensors(path)` (metadata under the `sskt` key)"}[fmt]
+    lines = [
+        f"# Model card: {filename}",
+        "",
+        f"Target network of the sskt run `{config.get('name', '?')}`, exported as {fmt} "
+        f"with sskt {sskt.__version__}.",
+        "",
+        "## Model",
+        f"- Architecture: `{meta['arch']}`",
+        f"- Parameters: {_param_count(net):,}",
+        f"- Outputs: {meta['num_classes']} logits ({activation})",
+        f"- Classes ({meta['num_classes']}): " + (", ".join(str(c) for c in classes) if classes
+                                                 else "unnamed (the head's outputs are not the data's classes)"),
+        f"- Input: float32 images in [0, 1], {layout}, {shape} per example ({meta['in_chans']} channels)",
+        f"- Normalisation (inside the model): mean {_fmt_stats(meta['mean'])}, std {_fmt_stats(meta['std'])}",
+        f"- Load with: {how}",
+        "",
+        "## Training",
+        *_method_lines(config),
+        f"- Seed: {config.get('seed', '?')}",
+        "",
+        "## Results",
+        *_accuracy_lines(ckpt, config, metric),
+        "",
+    ]
+    return "\n".join(lines)
