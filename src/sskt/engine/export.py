@@ -62,10 +62,15 @@ class Exported:
     format: str
 
 
-def target_record(module: Any) -> dict[str, Any]:
+def target_record(module: Any) -> dict[str, Any] | None:
     """What export needs to know about a :class:`~sskt.engine.lit.MethodModule`'s target, stored in its
-    checkpoints (``checkpoint["sskt"]["target"]``) so that export needs no data and no sources."""
-    t = module.method.target
+    checkpoints (``checkpoint["sskt"]["target"]``) so that export needs no data and no sources.
+    None for a method without a :class:`~sskt.models.target.TargetNetwork` (export then rebuilds the run)."""
+    from sskt.models.target import TargetNetwork
+
+    t = getattr(module.method, "target", None)
+    if not isinstance(t, TargetNetwork):
+        return None
     classes = list(module.classes) if len(module.classes) == t.num_classes else None  # pretext/cluster heads
     trainer = getattr(module, "_trainer", None)
     try:
