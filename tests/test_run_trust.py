@@ -64,10 +64,10 @@ def test_rerun_with_another_config_is_refused_naming_the_keys(tmp_path, capsys):
     assert main(["train", _write(tmp_path / "a.yaml", raw)]) == 0
     capsys.readouterr()
     code = main(["train", _write(tmp_path / "a.yaml", raw), "data.per_class=5", "train.lr=0.01",
-                 "method.name=kd"])
+                 "method.name=dml"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("sskt: error:") and "\n" not in err, err
-    for changed in ("data.per_class: 10 -> 5", "train.lr: 0.05 -> 0.01", "method.name: 'scratch' -> 'kd'"):
+    for changed in ("data.per_class: 10 -> 5", "train.lr: 0.05 -> 0.01", "method.name: 'scratch' -> 'dml'"):
         assert changed in err
     assert "new out_dir" in err and "train.resume=false" in err
     # The finished run is untouched.

@@ -161,7 +161,7 @@ def test_numbers_written_without_a_dot_are_numbers():
     # YAML 1.1 reads 5e-4 as a string; the config must still get the float.
     cfg = ExperimentConfig.from_dict({"train": {"weight_decay": "5e-4"}}).with_overrides(["train.lr=1e-3"])
     assert cfg.train.weight_decay == 5e-4 and cfg.train.lr == 1e-3
-    with pytest.raises(SSKTError, match="train.lr must be a number"):
+    with pytest.raises(SSKTError, match="train.lr: expected a number"):
         ExperimentConfig.from_dict({"train": {"lr": "fast"}})
 
 

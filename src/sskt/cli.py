@@ -19,9 +19,60 @@ COMMANDS: Registry[tuple[Callable[[argparse.ArgumentParser], None], Command, str
 
 
 def config_args(p: argparse.ArgumentParser) -> None:
-    """Arguments of a command that takes ``[CONFIG.yaml] key=value ...``."""
+    """Arguments of a command that takes ``[CONFIG.yaml] key=value ...``; its help lists the config keys."""
     p.add_argument("items", nargs="*", metavar="[CONFIG.yaml] key=value",
                    help="an optional YAML experiment file, then dotted overrides, e.g. train.epochs=5")
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog_fn = config_help  # type: ignore[attr-defined]  (built when the help is shown: it imports torch)
+
+
+def train_args(p: argparse.ArgumentParser) -> None:
+    """:func:`config_args` plus ``--print-config``."""
+    config_args(p)
+    p.add_argument("--print-config", action="store_true",
+                   help="print the fully resolved config as YAML and exit without training")
+
+
+def config_help(width: int = 100) -> str:
+    """The help's epilog: every config key with its default, the methods with their options, the datasets
+    and the architectures."""
+    import dataclasses
+    import textwrap
+
+    from sskt.config import DataConfig, ExperimentConfig, TargetConfig, TrainConfig
+    from sskt.data import DATASETS
+    from sskt.methods import METHODS
+    from sskt.models import MODELS
+
+    def show(value: object) -> str:
+        if isinstance(value, (list, tuple)):
+            return "[" + ",".join(show(v) for v in value) + "]"
+        if value is None or isinstance(value, bool) or value == "":
+            return {None: "null", True: "true", False: "false", "": "''"}[value]  # type: ignore[index]
+        return str(value)
+
+    def keys(cls: type, only: tuple[str, ...] = ()) -> str:
+        fields = [f for f in dataclasses.fields(cls) if not only or f.name in only]
+        return " ".join(f"{f.name}={show(f.default if f.default is not dataclasses.MISSING else f.default_factory())}"
+                        for f in fields) or "(no options)"
+
+    def block(title: str, text: str, indent: int = 10) -> str:
+        return textwrap.fill(text, width, initial_indent=f"  {title:<{indent - 2}}", subsequent_indent=" " * indent,
+                             break_on_hyphens=False, break_long_words=False)
+
+    lines = ["config keys and their defaults (set them in CONFIG.yaml, or as key=value / section.key=value):",
+             block("", keys(ExperimentConfig, ("name", "seed", "out_dir"))),
+             block("data", keys(DataConfig)), block("target", keys(TargetConfig)), block("train", keys(TrainConfig)),
+             block("method", "name=scratch, plus the options of that method:"), "",
+             "methods and their options (method.<option>=value):"]
+    for name in METHODS.names():
+        options = METHODS.get(name).options_class
+        lines.append(block(name, keys(options) if options else "(see its docs)", indent=20))
+    lines += ["", block("datasets:", ", ".join(DATASETS.names()), indent=16),
+              block("archs:", ", ".join(MODELS.names()) + ", timm:<name>, hf-hub:<org>/<name>, torchvision:<name>",
+                    indent=16),
+              "", "A ~ in a path stands for your home folder. Every option: README.md and docs/."]
+    return "\n".join(lines)
 
 
 def command(name: str, help: str, args: Callable[[argparse.ArgumentParser], None] = config_args):
@@ -58,21 +109,41 @@ def _print_result(result) -> None:
           f"{result.out_dir}/result.json")
 
 
-@command("train", "train a target with any method (scratch, sskt, kd, ...) from a YAML experiment")
+def _checked(cfg, print_config: bool) -> bool:
+    """Check the method's options before any data is read; print the resolved config if asked.
+    True when the command is done (the config was printed)."""
+    import sskt.methods  # noqa: F401  (registers every method)
+    from sskt.methods.base import check_method
+
+    check_method(cfg.method)
+    if print_config:
+        import yaml
+
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+    return print_config
+
+
+@command("train", "train a target with any method (scratch, sskt, kd, ...) from a YAML experiment", train_args)
 def run_train(args: argparse.Namespace) -> int:
+    cfg = load_config(args.items)
+    if _checked(cfg, args.print_config):
+        return 0
     from sskt.engine.run import fit
 
-    _print_result(fit(load_config(args.items)))
+    _print_result(fit(cfg))
     return 0
 
 
-@command("pretrain", "train a plain classifier on any dataset, to use later as a source (writes target.pt)")
+@command("pretrain", "train a plain classifier on any dataset, to use later as a source (writes target.pt)",
+         train_args)
 def run_pretrain(args: argparse.Namespace) -> int:
-    from sskt.engine.run import fit
-
     cfg = load_config(args.items, base={"name": "pretrain", "out_dir": "runs/pretrain"})
     if cfg.method.get("name") != "scratch":
         cfg.method = {"name": "scratch"}
+    if _checked(cfg, args.print_config):
+        return 0
+    from sskt.engine.run import fit
+
     result = fit(cfg)
     _print_result(result)
     print(f"source checkpoint: {result.out_dir / 'target.pt'}  (use as `checkpoint:` of a source)")
@@ -139,14 +210,36 @@ def run_quickstart(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     import sskt.commands  # noqa: F401  (commands contributed by other modules register on import)
 
+    from sskt import __version__
+
     parser = argparse.ArgumentParser(prog="sskt", description="Knowledge transfer from pretrained source networks.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"sskt {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name in COMMANDS.names():
         add_args, run, help_text = COMMANDS.get(name)
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_args(p)
         p.set_defaults(run=run)
     return parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """A command's parser: ``[CONFIG.yaml] key=value`` items may stand on both sides of an option
+    (``train a.yaml --print-config train.epochs=3``), and its epilog is built only when its help is shown
+    (``epilog_fn``)."""
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        namespace, extras = super().parse_known_args(args, namespace)
+        if isinstance(getattr(namespace, "items", None), list):
+            namespace.items += [a for a in extras if not a.startswith("-")]
+            extras = [a for a in extras if a.startswith("-")]
+        return namespace, extras
+
+    def format_help(self) -> str:
+        fn = getattr(self, "epilog_fn", None)
+        if fn is not None and self.epilog is None:
+            self.epilog = fn()
+        return super().format_help()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

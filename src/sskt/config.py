@@ -2,21 +2,26 @@
 
 Sections: ``data`` (:class:`~sskt.data.DataConfig`), ``target`` (:class:`~sskt.methods.TargetConfig`),
 ``method`` (``name`` plus that method's own options, validated by the method) and ``train``
-(:class:`TrainConfig`). Unknown keys are errors, never silently ignored.
+(:class:`TrainConfig`). Unknown keys are errors, never silently ignored; a value of the wrong type or
+out of range is one error naming its dotted key (:func:`sskt.validation.validate`). ``~`` in any text
+value (``out_dir``, ``data.root``, a source's ``checkpoint``) is the user's home folder.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Annotated, Any, Sequence
 
 import yaml
+from annotated_types import Ge, Gt, Lt
 
 from sskt.data.datasets import DataConfig
 from sskt.errors import SSKTError
 from sskt.methods.base import TargetConfig
+from sskt.validation import validate
 
 
 @dataclass
@@ -24,36 +29,33 @@ class TrainConfig:
     """The optimisation loop. Defaults follow the reference CIFAR recipe (SGD 0.1, momentum 0.9,
     weight decay 5e-4, batch 128, 200 epochs, lr x0.2 at epochs 60/120/160)."""
 
-    epochs: int = 200
-    batch_size: int = 128
-    eval_batch_size: int = 512
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    epochs: Annotated[int, Ge(1)] = 200
+    batch_size: Annotated[int, Ge(1)] = 128
+    eval_batch_size: Annotated[int, Ge(1)] = 512
+    lr: Annotated[float, Gt(0)] = 0.1
+    momentum: Annotated[float, Ge(0), Lt(1)] = 0.9
+    weight_decay: Annotated[float, Ge(0)] = 5e-4
     nesterov: bool = False
     schedule: str = "multistep"  # multistep | cosine | constant
     milestones: list[int] = field(default_factory=lambda: [60, 120, 160])
-    gamma: float = 0.2
+    gamma: Annotated[float, Gt(0)] = 0.2
     precision: str = "32-true"  # Lightning precision of the target: 32-true, bf16-mixed, 16-mixed
     accelerator: str = "auto"
     devices: Any = 1
     strategy: str = "auto"
-    num_nodes: int = 1
-    eval_every: int = 1
-    checkpoint_every: int = 1  # epochs between checkpoints (last.ckpt); resume loses at most this many
+    num_nodes: Annotated[int, Ge(1)] = 1
+    eval_every: Annotated[int, Ge(1)] = 1
+    checkpoint_every: Annotated[int, Ge(1)] = 1  # epochs between checkpoints (last.ckpt); resume loses at most this many
     progress_bar: bool = True
-    log_every_n_steps: int = 10
+    log_every_n_steps: Annotated[int, Ge(1)] = 10
     limit_train_batches: Any = None  # quick checks: a number of batches or a fraction
     resume: bool = True
     tensorboard: bool = True
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise SSKTError(f"train.epochs must be >= 1, got {self.epochs}")
-        if self.lr <= 0:
-            raise SSKTError(f"train.lr must be > 0, got {self.lr}")
+        # Types and ranges are checked when the config is read (sskt.validation); this is what they can't say.
         if self.schedule not in ("multistep", "cosine", "constant"):
-            raise SSKTError(f"train.schedule must be multistep, cosine or constant, got {self.schedule!r}")
+            raise SSKTError(f"train.schedule: must be multistep, cosine or constant, got {self.schedule!r}")
 
 
 @dataclass
@@ -76,7 +78,10 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, raw: dict) -> "ExperimentConfig":
-        raw = copy.deepcopy(raw)
+        if not isinstance(raw, dict):
+            raise SSKTError(f"an experiment config must be a mapping of sections (name, seed, out_dir, data, target, "
+                            f"method, train), got {_kind(raw)}")
+        raw = expand_home(copy.deepcopy(raw))
         sections = {"data": DataConfig, "target": TargetConfig, "train": TrainConfig}
         top = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(raw) - top)
@@ -85,12 +90,13 @@ class ExperimentConfig:
         kwargs: dict[str, Any] = {}
         for key, value in raw.items():
             if key in sections:
-                kwargs[key] = _section(sections[key], value or {}, key)
+                kwargs[key] = _section(sections[key], {} if value is None else value, key)
             else:
                 kwargs[key] = value
         if not isinstance(kwargs.get("method", {"name": "scratch"}), dict):
-            raise SSKTError("method must be a mapping with a name, e.g. method: {name: sskt, ...}")
-        return cls(**kwargs)
+            raise SSKTError(f"method: expected a mapping with a name, e.g. method: {{name: sskt, ...}}, got "
+                            f"{_kind(kwargs['method'])}")
+        return validate(cls, kwargs)
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: Sequence[str] = ()) -> "ExperimentConfig":
@@ -98,9 +104,14 @@ class ExperimentConfig:
         if not path.is_file():
             raise SSKTError(f"config file not found: {path}")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = yaml.safe_load(path.read_text())
         except yaml.YAMLError as err:
-            raise SSKTError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+            raise SSKTError(f"{path} is not valid YAML: {_yaml_problem(err)}") from None
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise SSKTError(f"{path} must be a mapping of sections (name, seed, out_dir, data, target, method, "
+                            f"train), got {_kind(raw)}")
         return cls.from_dict(apply_overrides(raw, overrides))
 
     def to_dict(self) -> dict:
@@ -112,22 +123,44 @@ class ExperimentConfig:
 
 def _section(cls: type, value: dict, name: str) -> Any:
     if not isinstance(value, dict):
-        raise SSKTError(f"config section {name!r} must be a mapping")
+        raise SSKTError(f"{name}: expected a mapping of its keys (a config section), got {_kind(value)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(value) - set(fields))
     if unknown:
         raise SSKTError(f"unknown key(s) in {name}: {unknown}; known: {sorted(fields)}")
-    return cls(**{k: _coerce(v, str(fields[k].type), f"{name}.{k}") for k, v in value.items()})
+    # Lax types: YAML 1.1 reads ``5e-4`` (no dot) as a string, which a float field takes as the number.
+    return validate(cls, value, name)
 
 
-def _coerce(value: Any, annotation: str, key: str) -> Any:
-    """YAML 1.1 reads ``5e-4`` (no dot) as a string: turn such strings into the float the field wants."""
-    if isinstance(value, str) and annotation.startswith("float"):
-        try:
-            return float(value)
-        except ValueError:
-            raise SSKTError(f"{key} must be a number, got {value!r}") from None
+def expand_home(value: Any) -> Any:
+    """Every text value that is ``~`` or starts with ``~/`` (in dicts and lists, at any depth) with the
+    user's home folder in its place.
+
+    Example:
+        >>> expand_home({"out_dir": "~/runs", "method": {"sources": [{"checkpoint": "~"}]}}) == {
+        ...     "out_dir": os.path.expanduser("~/runs"), "method": {"sources": [{"checkpoint": os.path.expanduser("~")}]}}
+        True
+    """
+    if isinstance(value, dict):
+        return {k: expand_home(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_home(v) for v in value]
+    if isinstance(value, str) and (value == "~" or value.startswith(("~/", "~" + os.sep))):
+        return os.path.expanduser(value)
     return value
+
+
+def _kind(value: Any) -> str:
+    return {list: "a list", str: "a string", int: "a number", float: "a number", bool: "true/false"}.get(
+        type(value), type(value).__name__) + f" ({value!r:.60})"
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """The parser's problem and where (line, column; 1-based), in one line."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"
 
 
 def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
@@ -149,13 +182,15 @@ def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
                             f"check its brackets and quotes") from None
         node: Any = raw
         parts = key.split(".")
-        for part in parts[:-1]:
+        for i, part in enumerate(parts[:-1]):
             if isinstance(node, list):
                 node = node[_index(part, node, key)]
             else:
                 node = node.setdefault(part, {})
                 if node is None:
                     raise SSKTError(f"override {key}: {part} is empty in the config")
+            if not isinstance(node, (dict, list)):
+                raise SSKTError(f"override {key}: {'.'.join(parts[:i + 1])} is {node!r}, not a section or a list")
         last = parts[-1]
         if isinstance(node, list):
             node[_index(last, node, key)] = value

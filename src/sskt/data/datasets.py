@@ -11,10 +11,11 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Annotated, Callable
 
 import numpy as np
 import torch
+from annotated_types import Ge, Gt
 from torch import Tensor
 
 from sskt.data.tensor_dataset import ImageSplits, ImageTensorDataset
@@ -48,30 +49,21 @@ class DataConfig:
     root: str | None = None
     train_split: str = "train"
     test_split: str = "test"
-    per_class: int | None = None
-    test_per_class: int | None = None
+    # Types and ranges are checked when the config is read (sskt.validation).
+    per_class: Annotated[int, Ge(1)] | None = None
+    test_per_class: Annotated[int, Ge(1)] | None = None
     subset_seed: int = 0
-    image_size: int | None = None
+    image_size: Annotated[int, Ge(1)] | None = None
     grayscale_to_rgb: bool = True
-    crop_padding: int = 4
+    crop_padding: Annotated[int, Ge(0)] = 4
     flip: bool = True
     download: bool = False
-    num_workers: int = 0
+    num_workers: Annotated[int, Ge(0)] = 0
     options: dict | None = None  # dataset-specific settings
-    val_per_class: int | None = None
+    val_per_class: Annotated[int, Ge(1)] | None = None
     unlabeled: str | None = None  # rest | a folder of images
-    unlabeled_count: int | None = None
-    unlabeled_ratio: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.val_per_class is not None and self.val_per_class < 1:
-            raise SSKTError(f"data.val_per_class must be >= 1, got {self.val_per_class}")
-        if self.unlabeled_count is not None and self.unlabeled_count < 1:
-            raise SSKTError(f"data.unlabeled_count must be >= 1, got {self.unlabeled_count}")
-        if self.unlabeled_ratio <= 0:
-            raise SSKTError(f"data.unlabeled_ratio must be > 0, got {self.unlabeled_ratio}")
-        if self.unlabeled is not None and not isinstance(self.unlabeled, str):
-            raise SSKTError(f"data.unlabeled must be 'rest' or a folder of images, got {self.unlabeled!r}")
+    unlabeled_count: Annotated[int, Ge(1)] | None = None
+    unlabeled_ratio: Annotated[float, Gt(0)] = 1.0
 
 
 DatasetBuilder = Callable[[DataConfig], ImageSplits]

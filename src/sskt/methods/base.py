@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from sskt.errors import SSKTError
 from sskt.models.target import NormalizedClassifier, TargetNetwork
 from sskt.registry import Registry
+from sskt.validation import validate
 
 
 @dataclass
@@ -102,15 +103,13 @@ OptionsT = TypeVar("OptionsT")
 
 
 def parse_options(cls: type[OptionsT], raw: dict, method: str) -> OptionsT:
-    """Build a method's options dataclass, naming unknown keys."""
+    """Build a method's options dataclass, naming unknown keys and every value of the wrong type or out
+    of range by its config key (``method.alpha: expected a number, got 'abc'``)."""
     known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(raw) - known)
     if unknown:
         raise SSKTError(f"method {method!r}: unknown option(s) {unknown}; known: {sorted(known)}")
-    try:
-        return cls(**raw)
-    except TypeError as err:
-        raise SSKTError(f"method {method!r}: {err}") from None
+    return validate(cls, raw, "method")
 
 
 class Method(nn.Module):
@@ -127,6 +126,8 @@ class Method(nn.Module):
     learns_from_unlabeled: ClassVar[bool] = False
     # Classes of what evaluation_batch scores, when not the dataset's (pretext tasks, k clusters).
     eval_num_classes: int | None = None
+    # The options dataclass from_config parses (with parse_options), so check_method can check them early.
+    options_class: ClassVar[type | None] = None
 
     def __init__(self, target: TargetNetwork) -> None:
         super().__init__()
@@ -199,11 +200,25 @@ METHODS: Registry[type[Method]] = Registry("method")
 
 def build_method(spec: dict, ctx: BuildContext) -> Method:
     """Build a method from ``{"name": ..., **options}``."""
-    spec = dict(spec)
-    name = spec.pop("name", None)
+    name, options = _split(spec)
+    return METHODS.get(name).from_config(options, ctx)
+
+
+def check_method(spec: dict) -> None:
+    """Check ``{"name": ..., **options}`` (name, option names, types and ranges) without building anything,
+    so that a bad option stops a run before any data is read."""
+    name, options = _split(spec)
+    cls = METHODS.get(name)
+    if cls.options_class is not None:
+        parse_options(cls.options_class, options, name)
+
+
+def _split(spec: dict) -> tuple[str, dict]:
+    options = dict(spec)
+    name = options.pop("name", None)
     if not name:
         raise SSKTError("method.name is required (one of: " + ", ".join(METHODS.names()) + ")")
-    return METHODS.get(name).from_config(spec, ctx)
+    return name, options
 
 
 def target_loss_fn(name: str, multilabel: bool, gamma: float = 2.0):

@@ -76,6 +76,7 @@ class ClusterTransfer(Method):
     """The target (k outputs) learns the teacher's cluster id of each training image."""
 
     name = "cluster-transfer"
+    options_class = ClusterTransferOptions
 
     def __init__(self, target: TargetNetwork, train_labels: Tensor, test_labels: Tensor | None,
                  summary: dict[str, Any] | None = None) -> None:

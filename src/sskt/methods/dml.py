@@ -102,6 +102,7 @@ class DML(Method):
     """
 
     name = "dml"
+    options_class = DMLOptions
     automatic_optimization = False
 
     def __init__(self, peers: Sequence[TargetNetwork], options: DMLOptions, test_data: Any = None) -> None:

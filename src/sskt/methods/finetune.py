@@ -38,6 +38,7 @@ class Finetune(Method):
     """The target initialised from ``target.checkpoint`` and trained on the target labels."""
 
     name = "finetune"
+    options_class = FinetuneOptions
 
     def __init__(self, target: TargetNetwork, options: FinetuneOptions, multilabel: bool = False) -> None:
         super().__init__(target)

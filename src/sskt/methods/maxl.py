@@ -100,6 +100,7 @@ class MAXL(Method):
     """
 
     name = "maxl"
+    options_class = MAXLOptions
     automatic_optimization = False
 
     def __init__(self, target: TargetNetwork, generator: TargetNetwork, options: MAXLOptions,

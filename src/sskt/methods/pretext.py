@@ -38,6 +38,7 @@ class RotationPretext(Method):
     """RotNet (Gidaris et al. 2018): the target classifies 0/90/180/270-degree turns (4 classes)."""
 
     name = "rotation"
+    options_class = RotationOptions
     eval_num_classes = NUM_ROTATIONS
 
     def __init__(self, target: TargetNetwork, options: RotationOptions) -> None:
@@ -99,6 +100,7 @@ class JigsawPretext(Method):
 
     default_replaced = 0
     eval_num_classes: int | None = None
+    options_class = JigsawOptions
 
     def __init__(self, target: TargetNetwork, options: JigsawOptions, in_shape: tuple[int, ...]) -> None:
         super().__init__(target)

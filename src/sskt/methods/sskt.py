@@ -95,6 +95,7 @@ class SSKT(Method):
     """
 
     name = "sskt"
+    options_class = SSKTOptions
     learns_from_unlabeled = True
 
     def __init__(self, target: TargetNetwork, sources: Sequence[Source], options: SSKTOptions,

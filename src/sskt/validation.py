@@ -1,0 +1,95 @@
+"""Type and range checks of config sections and method options, as one-line :class:`SSKTError` s.
+
+The config sections and every method's options stay plain stdlib dataclasses; :func:`validate` builds
+one from a mapping through pydantic (lax mode: ``"5e-4"`` is a float, ``2.0`` an int, a number given for
+a text field is that text) and names the dotted key of each bad value:
+
+    train.epochs: expected an integer, got 'abc'
+
+Ranges are declared on the fields (``Annotated[int, Ge(1)]``); other checks stay in ``__post_init__``
+(an SSKTError raised there passes through unchanged). A utility: imports nothing else of sskt but errors.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, TypeVar
+
+from sskt.errors import SSKTError
+
+T = TypeVar("T")
+
+# Numbers given for text fields (`precision: 16`, a split named 2012) are accepted as that text.
+_SETTINGS = {"coerce_numbers_to_str": True}
+
+_EXPECTED = {
+    "int_parsing": "an integer", "int_type": "an integer", "int_from_float": "an integer",
+    "float_parsing": "a number", "float_type": "a number", "bool_parsing": "true or false",
+    "bool_type": "true or false", "string_type": "a string", "list_type": "a list", "dict_type": "a mapping",
+    "dataclass_type": "a mapping", "dataclass_args_type": "a mapping", "none_required": "null",
+}
+_BOUNDS = {"greater_than_equal": ("ge", ">="), "greater_than": ("gt", ">"), "less_than": ("lt", "<"),
+           "less_than_equal": ("le", "<=")}
+
+
+def validate(cls: type[T], raw: dict, prefix: str = "") -> T:
+    """``cls(**raw)`` with every field's type and range checked; errors name ``prefix.key``.
+
+    Example:
+        >>> from sskt.config import TrainConfig
+        >>> validate(TrainConfig, {"epochs": "abc"}, "train")
+        Traceback (most recent call last):
+        ...
+        sskt.errors.SSKTError: train.epochs: expected an integer, got 'abc'
+    """
+    import pydantic
+
+    try:
+        return _adapter(cls).validate_python(raw)
+    except pydantic.ValidationError as err:
+        raise SSKTError(describe(err.errors(), prefix)) from None
+
+
+@functools.cache
+def _adapter(cls: type) -> Any:
+    import pydantic
+
+    # A stdlib dataclass takes pydantic settings from __pydantic_config__, which with_config sets.
+    return pydantic.TypeAdapter(pydantic.with_config(_SETTINGS)(cls))
+
+
+def describe(errors: list[dict], prefix: str = "") -> str:
+    """One line for pydantic's errors: ``key: expected ..., got ...`` per bad key, joined by ``; ``."""
+    by_key: dict[str, list[dict]] = {}
+    for e in errors:
+        by_key.setdefault(dotted(e["loc"], prefix), []).append(e)
+    return "; ".join(_one(key, errs) for key, errs in by_key.items())
+
+
+def dotted(loc: tuple, prefix: str = "") -> str:
+    """``prefix.field`` plus list indices (``method.sources.0``). Config dataclasses are flat, so the
+    other strings in a location are pydantic's names of union members (``bool``, ``str``): left out."""
+    parts = [prefix] if prefix else []
+    if loc:
+        parts.append(str(loc[0]))
+        parts += [str(p) for p in loc[1:] if isinstance(p, int)]
+    return ".".join(parts) or "config"
+
+
+def _one(key: str, errors: list[dict]) -> str:
+    got = _show(errors[0].get("input"))
+    for e in errors:
+        if e["type"] in _BOUNDS:
+            name, op = _BOUNDS[e["type"]]
+            bound = e["ctx"][name]
+            bound = int(bound) if isinstance(bound, float) and bound.is_integer() else bound  # > 0, not > 0.0
+            return f"{key}: must be {op} {bound}, got {got}"
+    expected = list(dict.fromkeys(_EXPECTED.get(e["type"], "") for e in errors))
+    if "" in expected:  # a check without a phrase of ours: pydantic's own words
+        msg = next(e["msg"] for e in errors if e["type"] not in _EXPECTED)
+        return f"{key}: {msg[:1].lower()}{msg[1:]}, got {got}"
+    return f"{key}: expected {' or '.join(expected)}, got {got}"
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
