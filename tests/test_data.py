@@ -145,3 +145,20 @@ def test_download_only_behind_the_flag(tmp_path, monkeypatch):
     assert calls == []  # never fetched without the flag
     splits = load_data(DataConfig(dataset="cifar10", root=str(tmp_path), download=True))
     assert calls == [(True, True), (True, False)] and len(splits.train) == 100
+
+
+def test_empty_class_folder_is_named_when_every_image_is_labelled(tmp_path):
+    _write_folder(tmp_path)
+    (tmp_path / "train" / "emu").mkdir()
+    (tmp_path / "test" / "emu").mkdir()
+    with pytest.raises(SSKTError, match=r"class folder\(s\) \['emu'\] under .* hold no images"):
+        load_data(DataConfig(dataset="imagefolder", root=str(tmp_path)))
+
+
+def test_too_few_images_for_a_batch_is_refused_before_decoding(tmp_path, monkeypatch):
+    import sskt.data.datasets as datasets
+
+    _write_folder(tmp_path)
+    monkeypatch.setattr(datasets, "decode_images", lambda *a, **k: pytest.fail("decoded before the check"))
+    with pytest.raises(SSKTError, match="has 4 labelled images, fewer than train.batch_size=8"):
+        load_data(DataConfig(dataset="imagefolder", root=str(tmp_path), per_class=2), min_train_images=8)

@@ -143,3 +143,61 @@ def test_ctrl_c_prints_one_line_exits_130_and_leaves_a_resumable_checkpoint(tmp_
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("sskt: interrupted; run the same command again")
     assert torch.load(ckpt, weights_only=True)["sskt"]["history"]
+
+
+def test_loggers_from_the_config_learning_rate_and_hyper_parameters_are_logged(tmp_path):
+    raw = tiny_config(tmp_path, train={"epochs": 2, "loggers": [{"name": "csv", "name_": None}]})
+    with pytest.raises(SSKTError, match="train.loggers.0: CSVLogger does not take these settings"):
+        fit(ExperimentConfig.from_dict(raw))
+    raw = tiny_config(tmp_path / "b", train={"epochs": 2, "loggers": [{"class_path": "lightning.pytorch.loggers.CSVLogger",
+                                                                      "name": "extra"}]})
+    fit(ExperimentConfig.from_dict(raw))
+    run = tmp_path / "b" / "run"
+    hparams = yaml.safe_load((run / "logs" / "version_0" / "hparams.yaml").read_text())
+    assert hparams["train.lr"] == 0.05 and hparams["method.name"] == "scratch"
+    header = (run / "extra" / "version_0" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "lr-SGD" in header and "test/acc" in header
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("visdom", "unknown logger 'visdom'; known: csv, tensorboard, wandb"),
+    ("wandb", "WandbLogger cannot start: Requirement 'wandb"),
+    ({"class_path": "no_such_pkg.Logger"}, "cannot import logger 'no_such_pkg.Logger'"),
+])
+def test_a_logger_that_cannot_start_is_one_line(tmp_path, capsys, spec, message):
+    pytest.importorskip("lightning")
+    try:
+        import wandb  # noqa: F401
+        if spec == "wandb":
+            pytest.skip("wandb is installed here")
+    except ImportError:
+        pass
+    raw = tiny_config(tmp_path, train={"loggers": [spec]})
+    assert main(["train", _write(tmp_path / "c.yaml", raw)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sskt: error: train.loggers.0:") and message in err and "\n" not in err, err
+
+
+def test_out_dir_under_a_file_is_one_line_before_any_data_is_read(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    raw = tiny_config(tmp_path, data={"dataset": "imagefolder", "root": str(tmp_path / "missing")})
+    raw["out_dir"] = str(tmp_path / "file" / "run")
+    assert main(["train", _write(tmp_path / "c.yaml", raw)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"sskt: error: out_dir {tmp_path / 'file' / 'run'} lies under a file, not a folder; choose another out_dir"
+
+
+def test_a_full_disk_is_one_line_naming_it_and_leaves_nothing_half_written(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import sskt.engine.io as io
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(io.torch, "save", full)
+    assert main(["train", _write(tmp_path / "c.yaml", tiny_config(tmp_path))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sskt: error:") and "No space left on device" in err and "\n" not in err, err
+    run = tmp_path / "run"
+    assert not (run / "checkpoints" / "last.ckpt").exists() and not list(run.rglob("*.tmp"))

@@ -252,7 +252,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sskt: interrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
         return 130
+    except OSError as err:  # the filesystem (a full disk, a permission): files are written atomically, none is half there
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"sskt: error: {err.strerror or err}{where}; free space or fix the path, then run the same command "
+              f"again to resume", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m sskt.cli`: run the importable module's main, where the commands of sskt.commands register.
+    from sskt import cli
+
+    sys.exit(cli.main())

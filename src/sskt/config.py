@@ -49,8 +49,10 @@ class TrainConfig:
     progress_bar: bool = True
     log_every_n_steps: Annotated[int, Ge(1)] = 10
     limit_train_batches: Any = None  # quick checks: a number of batches or a fraction
-    resume: bool = True
+    resume: bool = True  # false: start over (the out_dir's checkpoint and results are removed first)
     tensorboard: bool = True
+    # More Lightning loggers: names (wandb, mlflow, ...) or mappings of their settings (sskt.engine.loggers).
+    loggers: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # Types and ranges are checked when the config is read (sskt.validation); this is what they can't say.

@@ -6,6 +6,7 @@ digits, bundled, for the quickstart). Register more with ``@DATASETS.register(na
 """
 from __future__ import annotations
 
+import contextvars
 import gzip
 import hashlib
 import os
@@ -103,6 +104,10 @@ class TrainPartition:
     unlabeled: Tensor | None
 
 
+# What the caller of load_data needs at least (a training batch), checked once the labelled subset is known.
+_MIN_TRAIN_IMAGES: contextvars.ContextVar[int] = contextvars.ContextVar("sskt_min_train_images", default=0)
+
+
 def partition_train(labels: Tensor, cfg: DataConfig, classes: list[str]) -> TrainPartition:
     """Split the training split into the labelled subset, the validation split and the unlabelled pool.
 
@@ -126,6 +131,10 @@ def partition_train(labels: Tensor, cfg: DataConfig, classes: list[str]) -> Trai
                 raise SSKTError(f"data.val_per_class={cfg.val_per_class}: some class has too few training images "
                                 f"outside the {cfg.per_class} labelled per class; lower val_per_class") from None
             val = rest[pick]
+    wanted = _MIN_TRAIN_IMAGES.get()
+    if len(labeled) < wanted:  # known before anything is decoded
+        raise SSKTError(f"the training split has {len(labeled)} labelled images, fewer than train.batch_size="
+                        f"{wanted}; lower the batch size")
     unlabeled = None
     if cfg.unlabeled == "rest":
         taken = labeled if val is None else torch.cat([labeled, val])
@@ -364,7 +373,11 @@ def imagefolder(cfg: DataConfig) -> ImageSplits:
         return sorted(p for c in classes for p in (d / c).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), classes
 
     files, classes = listing(cfg.train_split)
-    labels = torch.tensor([classes.index(p.parent.name) for p in files])
+    labels = torch.tensor([classes.index(p.parent.name) for p in files], dtype=torch.long)
+    empty = [c for c, n in zip(classes, torch.bincount(labels, minlength=len(classes)).tolist()) if n == 0]
+    if empty:  # a class folder without images would train as a class that never occurs
+        raise SSKTError(f"class folder(s) {empty[:5]} under {root / cfg.train_split} hold no images "
+                        f"({', '.join(IMAGE_SUFFIXES)}); add images or remove the folders")
     part = partition_train(labels, cfg, classes)
 
     def decoded(keep: Tensor) -> ImageTensorDataset:
@@ -387,10 +400,15 @@ def imagefolder(cfg: DataConfig) -> ImageSplits:
     return splits
 
 
-def load_data(cfg: DataConfig) -> ImageSplits:
+def load_data(cfg: DataConfig, min_train_images: int = 0) -> ImageSplits:
     """The train and test splits of ``cfg.dataset``, subset and decoded, with the validation split and the
-    unlabelled images when the config asks for them."""
-    splits = DATASETS.get(cfg.dataset)(cfg)
+    unlabelled images when the config asks for them. Fewer than ``min_train_images`` labelled training
+    images (a batch) is an error raised, for datasets that subset before decoding, before any decoding."""
+    token = _MIN_TRAIN_IMAGES.set(min_train_images)
+    try:
+        splits = DATASETS.get(cfg.dataset)(cfg)
+    finally:
+        _MIN_TRAIN_IMAGES.reset(token)
     if cfg.val_per_class is not None and splits.val is None:
         raise SSKTError(f"dataset {cfg.dataset!r} does not support data.val_per_class yet; drop it")
     if cfg.unlabeled is not None and cfg.unlabeled != "rest":

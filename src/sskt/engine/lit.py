@@ -11,6 +11,7 @@ import torchmetrics
 from torch import Tensor
 
 from sskt.data.augment import BatchAugment, to_float
+from sskt.engine.rundir import flatten
 from sskt.errors import SSKTError
 from sskt.methods.base import Method, labeled_rows
 from sskt.metrics import MultilabelMAP
@@ -36,6 +37,8 @@ class MethodModule(L.LightningModule):
                  wall_start: float | None = None) -> None:
         super().__init__()
         self.config = config or {}  # stored in checkpoints so evaluate/export can rebuild the run
+        # Every logger (hparams.yaml, TensorBoard, W&B, MLflow) gets the whole config, one dotted key each.
+        self.save_hyperparameters(flatten(self.config), logger=True)
         self.method = method
         self.train_cfg = train_cfg
         self.crop_padding, self.flip, self.seed = crop_padding, flip, seed
@@ -100,6 +103,7 @@ class MethodModule(L.LightningModule):
         self._loss_count += 1
         for name, value in out.losses.items():
             self.log(f"train/{name}", value.detach(), on_step=True, on_epoch=True, batch_size=bs)
+        self.log("loss", sum(v.detach() for v in out.losses.values()), prog_bar=True, logger=False, batch_size=bs)
         if not self.multilabel:
             if out.targets is not None:  # pretext / pseudo-labels
                 logits, labels = out.logits, out.targets

@@ -24,6 +24,7 @@ from sskt.data.sampling import MixedBatchSampler, epochs_per_unlabeled_pass
 from sskt.data.tensor_dataset import ImageSplits, ImageTensorDataset, collate_batch
 from sskt.engine.io import atomic_json_dump, atomic_torch_save
 from sskt.engine.lit import MethodModule
+from sskt.engine.loggers import build_loggers
 from sskt.engine.rundir import announce, prepare_run_dir
 from sskt.errors import SSKTError
 from sskt.methods import BuildContext, Method, build_method
@@ -124,17 +125,15 @@ def _versions() -> dict[str, str]:
 
 
 def make_trainer(cfg: ExperimentConfig, out_dir: Path, callbacks: Sequence[L.Callback] = ()) -> L.Trainer:
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    from lightning.pytorch.callbacks import LearningRateMonitor
 
     t = cfg.train
-    # A new log version per invocation, so a resumed run never overwrites the logs of its first part.
-    logs: list[Any] = [CSVLogger(out_dir, name="logs")]
-    if t.tensorboard:
-        logs.append(TensorBoardLogger(out_dir, name="tensorboard"))
+    logs = build_loggers(t.loggers, out_dir, t.tensorboard)
     ckpt = SaveLast(out_dir / "checkpoints" / "last.ckpt", t.checkpoint_every)
     return L.Trainer(
         max_epochs=t.epochs, accelerator=t.accelerator, devices=t.devices, strategy=t.strategy,
-        num_nodes=t.num_nodes, precision=t.precision, logger=logs, callbacks=[ckpt, *callbacks],
+        num_nodes=t.num_nodes, precision=t.precision, logger=logs,
+        callbacks=[ckpt, LearningRateMonitor(logging_interval="epoch"), *callbacks],
         use_distributed_sampler=False,  # MixedBatchSampler shards training batches itself (seeded, resumable)
         plugins=[AtomicCheckpointIO()], enable_progress_bar=t.progress_bar, log_every_n_steps=t.log_every_n_steps,
         check_val_every_n_epoch=t.eval_every, num_sanity_val_steps=0, default_root_dir=out_dir,
@@ -157,7 +156,7 @@ def fit(cfg: ExperimentConfig, callbacks: Sequence[L.Callback] = ()) -> RunResul
     out_dir = Path(cfg.out_dir)
     # Before any decoding: a folder that cannot be written, or that holds another experiment, is refused.
     announce(prepare_run_dir(cfg.to_dict(), out_dir, cfg.train.resume))
-    splits = load_data(cfg.data)
+    splits = load_data(cfg.data, min_train_images=cfg.train.batch_size)
     ctx = build_context(cfg, splits)
     method = build_method(cfg.method, ctx)
     if splits.unlabeled is not None:
