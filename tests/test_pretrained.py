@@ -6,7 +6,8 @@ import torch.nn.functional as F
 
 from sskt.errors import SSKTError
 from sskt.models.factory import create_model, model_spec
-from sskt.models.pretrained import LITE_STAGES, efficientnet_lite_keys
+from sskt.models.pretrained import efficientnet_lite_keys
+from sskt.models.spec import LITE_STAGES
 from sskt.sources import build_source, load_network
 
 # Measured on this machine (fp32, CPU): sskt's timm-built model and the package's own model give

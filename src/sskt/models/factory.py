@@ -8,31 +8,15 @@ normalisation, so a source or a transfer head needs no extra settings.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Callable
 
 from torch import nn
 
 from sskt.errors import SSKTError
 from sskt.models.cifar_resnet import DEPTHS, CifarResNet
-from sskt.models.pretrained import EFFICIENTNET_LITE, LITE_MEAN, LITE_STD, LITE_STAGES
+from sskt.models.spec import EFFICIENTNET_LITE, LITE_MEAN, LITE_STAGES, LITE_STD, ModelSpec
+from sskt.models.zoo import external_spec
 from sskt.registry import Registry
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """How to build one architecture and what is known about it."""
-
-    build: Callable[[int, int], nn.Module]  # (num_classes, in_chans) -> module
-    stages: tuple[str, ...]  # modules whose outputs are the network's stages, shallow to deep
-    input_size: int | None = None  # natural input side in pixels (None: unknown)
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-    extra: dict = field(default_factory=dict)
-
 
 MODELS: Registry[ModelSpec] = Registry("architecture")
 
@@ -90,8 +74,6 @@ def model_spec(name: str) -> ModelSpec:
     """The :class:`ModelSpec` of a registered name, ``timm:<name>[.<tag>]``, ``hf-hub:<org>/<name>``
     or ``torchvision:<name>`` (see :mod:`sskt.models.zoo`)."""
     if name.startswith(("timm:", "hf-hub:", "torchvision:")):
-        from sskt.models.zoo import external_spec  # zoo builds on this module's ModelSpec
-
         return external_spec(name)
     return MODELS.get(name)
 

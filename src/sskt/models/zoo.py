@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from sskt.errors import SSKTError
-from sskt.models.factory import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
+from sskt.models.hub import hf_file
+from sskt.models.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 
 PREFIXES = ("timm:", "hf-hub:", "torchvision:")
 
@@ -69,8 +70,6 @@ def _spec_from_timm(probe: nn.Module, build: Callable[[int, int], nn.Module]) ->
 def hf_hub_config(repo_id: str, allow_download: bool = False) -> tuple[dict, str, dict]:
     """``(pretrained_cfg, timm architecture, model_args)`` from a hub repo's ``config.json``."""
     from timm.models._hub import _parse_model_cfg
-
-    from sskt.models.pretrained import hf_file
 
     path = hf_file(repo_id, "config.json", allow_download)
     if path is None:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sskt.errors import SSKTError
-from sskt.models.factory import IMAGENET_MEAN, IMAGENET_STD
+from sskt.models.spec import IMAGENET_MEAN, IMAGENET_STD
 from sskt.models.target import Normalize
 from sskt.registry import Registry
 
