@@ -10,7 +10,7 @@ from sskt.data.tensor_dataset import ImageTensorDataset
 from sskt.errors import SSKTError
 from sskt.models.factory import create_model
 from sskt.sources.adapt import WEIGHT_DECAYS, adapt_with_probe
-from sskt.sources.cache import cache_key, CacheSpec, source_fingerprint
+from sskt.sources.cache_keys import CacheSpec, cache_key, source_fingerprint
 from sskt.sources.source import Source
 
 CLASSES = 4

@@ -1,18 +1,22 @@
 """Soft-label cache: keys, agreement with live sources, resumable builds, damage detection, SSKT integration."""
 from __future__ import annotations
 
+
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 import pytest
 
+from sskt.config import TargetConfig
 from sskt.data.augment import BatchAugment, apply_view, to_float
 from sskt.errors import SSKTError
-from sskt.methods.base import BuildContext, TargetConfig
+from sskt.methods.base import BuildContext
 from sskt.methods.sskt import SSKT
 from sskt.models.factory import create_model
 from sskt.sources.bank import SourceBank
-from sskt.sources.cache import (CacheSpec, SoftLabelCache, cache_key, cache_spec, compress_logits,
-                                expand_logits, source_fingerprint, topk_kl)
+from sskt.sources.cache import SoftLabelCache
+from sskt.sources.cache_file import compress_logits, expand_logits
+from sskt.sources.cache_keys import CacheSpec, cache_key, cache_spec, source_fingerprint
 from sskt.sources.source import Source
 from sskt.data.tensor_dataset import ImageTensorDataset
 
@@ -194,6 +198,31 @@ def test_clean_mode_stores_the_unaugmented_output(tmp_path):
     assert torch.allclose(cache.lookup(idx)["a"], bank(to_float(images[idx]))["a"], atol=1e-2)
 
 
+def topk_kl(logits: Tensor, k: int, temperature: float) -> dict[str, float]:
+    """Mean KL(full || approx) at ``temperature`` for ways to keep only the top-k logits: ``tail`` (this
+    cache) and ``marginal`` (FKD: T = 1 probabilities with the tail mass spread uniformly, sharpened or
+    softened to T afterwards); for ``renorm`` (top-k renormalised, tail 0) the probability mass it drops."""
+    logits = logits.float()
+    p = torch.softmax(logits / temperature, dim=1)
+    log_p = p.clamp_min(1e-30).log()
+    val, idx, tail = compress_logits(logits, k, temperature)
+    approx = torch.log_softmax(expand_logits(val, idx, tail, logits.shape[1]) / temperature, dim=1)
+    result = {"tail": float((p * (log_p - approx)).sum(1).mean())}
+    # FKD stores softmax probabilities at T = 1; applying T afterwards means p^(1/T) renormalised.
+    p1 = torch.softmax(logits, dim=1)
+    top = p1.gather(1, idx)
+    c = logits.shape[1]
+    k = idx.shape[1]
+    rest = ((1 - top.sum(1, keepdim=True)).clamp_min(0) / max(c - k, 1)).expand(-1, c).clone()
+    q = rest.scatter(1, idx, top).clamp_min(1e-30) ** (1 / temperature)
+    q = q / q.sum(1, keepdim=True)
+    result["marginal"] = float((p * (log_p - q.log())).sum(1).mean())
+    # renorm (top-k renormalised) puts zero mass on the tail, so KL(full || renorm) is infinite: report
+    # the mass it drops instead.
+    result["renorm_dropped_mass"] = float(1 - p.gather(1, idx).sum(1).mean())
+    return result
+
+
 def test_topk_tail_keeps_the_mass_at_the_temperature():
     logits = torch.randn(64, 1000) * 3
     val, idx, tail = compress_logits(logits, 10, T)
@@ -207,7 +236,7 @@ def test_topk_tail_keeps_the_mass_at_the_temperature():
 def test_sskt_with_exact_cache_never_runs_sources(tmp_path):
     images, targets = _data(32)
     data = ImageTensorDataset(images, targets)
-    from sskt.data.datasets import DataConfig
+    from sskt.config import DataConfig
 
     ctx = BuildContext(num_classes=10, input_shape=(3, 8, 8), multilabel=False, target=TargetConfig(),
                        train_data=data, data=DataConfig(crop_padding=2))

@@ -152,7 +152,7 @@ def evaluate_once(src: Source, data: Any) -> float | None:
     """Test top-1 (%) of a frozen source, measured once per process for the same weights and data."""
     if data is None:
         return None
-    from sskt.sources.cache import weights_digest
+    from sskt.sources.cache_keys import weights_digest
 
     key = (weights_digest(src.network), src.input_size, src.input_scale, len(data), int(data.targets.sum()),
            int(data.images[:64].float().sum()))

@@ -41,7 +41,7 @@ class SSKTOptions:
     is fast at it; 3.6x faster for a ResNet-50 at 74 px on an AVX-512-bf16 CPU, soft labels within
     KL 1e-3 of fp32 at T = 3, see docs/speed.md).
     ``cache``: None (live sources) or a soft-label cache, e.g. ``{mode: exact, views: 8, topk: 10}``
-    (:class:`~sskt.sources.cache.CacheSpec`); built before training, then no source runs while training.
+    (:class:`~sskt.sources.cache_keys.CacheSpec`); built before training, then no source runs while training.
     """
 
     sources: list[dict] = field(default_factory=list)
@@ -65,7 +65,7 @@ class SSKTOptions:
         if self.alpha < 0:
             raise SSKTError(f"alpha must be >= 0, got {self.alpha}")
         SOFT_LOSSES.get(self.aux_loss)
-        from sskt.sources.cache import cache_spec
+        from sskt.sources.cache_keys import cache_spec
 
         cache_spec(self.cache)  # bad cache options fail here, before any source is loaded
 
@@ -151,7 +151,8 @@ class SSKT(Method):
     def attach_cache(self, spec: "dict | object", images: Tensor, targets: Tensor, padding: int, flip: bool,
                      seed: int = 0, **build_options) -> None:
         """Open (building or resuming if needed) the soft-label cache of these training images."""
-        from sskt.sources.cache import SoftLabelCache, cache_spec
+        from sskt.sources.cache import SoftLabelCache
+        from sskt.sources.cache_keys import cache_spec
 
         temperatures = {s.name: t for s, (t, _) in zip(self.bank.sources, self.weights)}
         self.cache = SoftLabelCache.open_or_build(self.bank, images, targets, cache_spec(spec), temperatures,
