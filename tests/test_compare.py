@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from sskt.cli import main
-from sskt.compare import CompareConfig, compare
+from sskt.experiments.compare import CompareConfig, compare
 from sskt.errors import SSKTError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -146,7 +146,7 @@ def test_ddp_two_cpu_processes(tmp_path):
 
 
 def test_quickstart_prints_its_table(tmp_path, capsys, monkeypatch):
-    import sskt.quickstart as qs
+    import sskt.experiments.quickstart as qs
 
     monkeypatch.setattr(qs, "EPOCHS", 1)  # the real demo uses 40 (15 for the source); the table and wording
     monkeypatch.setattr(qs, "SOURCE_EPOCHS", 1)  # are what is tested here

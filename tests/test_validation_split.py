@@ -128,7 +128,7 @@ def checkpoint(tmp_path_factory):
 
 def test_linear_protocol_chooses_the_layer_on_the_validation_split(checkpoint, monkeypatch):
     import sskt.evaluation.probes as probes
-    from sskt.evaluation.protocols import probe_checkpoint
+    from sskt.experiments.protocols import probe_checkpoint
 
     seen = []
 
@@ -156,7 +156,7 @@ def test_linear_protocol_chooses_the_layer_on_the_validation_split(checkpoint, m
 
 
 def test_linear_protocol_really_probes_on_the_validation_split(checkpoint):
-    from sskt.evaluation.protocols import probe_checkpoint
+    from sskt.experiments.protocols import probe_checkpoint
 
     out = probe_checkpoint(checkpoint, "linear", ["data.val_per_class=5"], layers=["layer3", "layer2"])
     assert out["best_layer"] in ("layer3", "layer2") and 0.0 <= out["val_top1"] <= 100.0

@@ -1,4 +1,5 @@
-"""Commands contributed by sub-packages: importing this module registers them with the CLI."""
-from sskt.commands import cache  # noqa: F401,E402  (sskt cache: soft-label cache of an SSKT experiment)
-from sskt import compare  # noqa: E402,F401  (registers `sskt compare`)
-from sskt.commands import noroozi  # noqa: E402,F401  (sskt pretext, sskt cluster-transfer)
+"""The ``sskt`` commands, one module per topic; :mod:`sskt.cli` imports them, which registers them.
+
+``kit`` holds what they share (the COMMANDS registry, the ``command`` decorator, config arguments, printing a
+run's result) and imports none of them; the work itself is in :mod:`sskt.experiments` and :mod:`sskt.engine`.
+"""

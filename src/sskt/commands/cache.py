@@ -1,29 +1,23 @@
-"""``sskt cache``: build (or resume, or check) the soft-label cache of an SSKT experiment ahead of training."""
+"""``sskt cache``: build (or resume, or check) the soft-label cache of an SSKT experiment ahead of training.
+
+The cache builder (and with it the engine) is imported when the command runs: ``sskt --help`` stays fast.
+"""
 from __future__ import annotations
 
 import argparse
 import time
 
-from sskt.cli import command, config_args, load_config
-from sskt.errors import SSKTError
+from sskt.commands.kit import command, config_args, load_config
 
 
 @command("cache", "precompute the soft-label cache of an SSKT experiment (resumable; training then reuses it)",
          config_args)
 def run_cache(args: argparse.Namespace) -> int:
-    from sskt.data.datasets import load_data
-    from sskt.engine.run import build_context
-    from sskt.methods import build_method
+    from sskt.experiments.cache import build_cache
 
     cfg = load_config(args.items)
-    if cfg.method.get("name") != "sskt":
-        raise SSKTError(f"sskt cache works on sskt experiments; this one's method is {cfg.method.get('name')!r}")
-    if not cfg.method.get("cache"):
-        raise SSKTError("this experiment has no method.cache; add e.g. method.cache.mode=exact (or clean)")
     started = time.perf_counter()
-    splits = load_data(cfg.data)
-    method = build_method(cfg.method, build_context(cfg, splits))  # builds or checks the cache
-    for line in method.cache.report():
+    for line in build_cache(cfg):
         print(line)
     print(f"done in {time.perf_counter() - started:.1f}s; `sskt train` with the same config reads these files")
     return 0

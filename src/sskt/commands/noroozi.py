@@ -1,10 +1,13 @@
-"""``sskt pretext`` and ``sskt cluster-transfer`` (Noroozi et al. 2018): thin wrappers over ``fit``."""
+"""``sskt pretext`` and ``sskt cluster-transfer`` (Noroozi et al. 2018): a pretext ``fit``, and
+:func:`sskt.experiments.noroozi.cluster_transfer`.
+
+The engine is imported when a command runs, not when the parser is built: ``sskt --help`` stays fast.
+"""
 from __future__ import annotations
 
 import argparse
-import json
 
-from sskt.cli import _print_result, command, config_args, load_config
+from sskt.commands.kit import command, config_args, load_config, print_run_result
 
 PRETEXT_TASKS = ("rotation", "jigsaw", "jigsaw++")
 
@@ -32,24 +35,8 @@ def run_pretext(args: argparse.Namespace) -> int:
 @command("cluster-transfer", "cluster a teacher's features (or HOG) with k-means and train the target on the "
          "cluster ids (method options: teacher, layer, k, pca_dim, ...)", config_args)
 def run_cluster_transfer(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from sskt.cluster.pipeline import save_centroids
-    from sskt.data.datasets import load_data
-    from sskt.engine.run import build_context, fit
-    from sskt.methods.base import parse_options
-    from sskt.methods.cluster_transfer import ClusterTransferOptions, cluster_for
+    from sskt.experiments.noroozi import cluster_transfer
 
     cfg = load_config(args.items, base={"name": "cluster-transfer", "out_dir": "runs/cluster-transfer"})
-    cfg.method = {**cfg.method, "name": "cluster-transfer"}
-    opts = parse_options(ClusterTransferOptions, {k: v for k, v in cfg.method.items() if k != "name"},
-                         "cluster-transfer")
-    splits = load_data(cfg.data)
-    clustering = cluster_for(opts, build_context(cfg, splits), splits.train.images.shape[1])
-    summary = clustering.summary()
-    print("clusters:", json.dumps({k: v for k, v in summary.items() if k != "sizes"}))
-    centroids = save_centroids(Path(cfg.out_dir) / "centroids.pt", clustering, opts.teacher_spec())
-    print(f"centroids: {centroids} (options.centroids of a `clustered` SSKT source)")
-    result = fit(cfg)  # the method reads the same clustering back from the cache
-    _print_result(result)
+    print_run_result(cluster_transfer(cfg))
     return 0

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sskt.config import ExperimentConfig
+from sskt.engine.run import fit
 
 PER_CLASS = 5
 EPOCHS = 40
@@ -34,8 +35,6 @@ def _base(out_dir: Path, name: str, seed: int, **sections: Any) -> ExperimentCon
 
 def quickstart(seeds: int = 3, out_dir: str | Path = "runs/quickstart") -> dict[str, list[float]]:
     """Run the demo and print a table of test accuracy (mean ± std over ``seeds``)."""
-    from sskt.engine.run import fit
-
     out = Path(out_dir)
     started = time.perf_counter()
     print(f"sskt quickstart: digits (8x8, bundled with scikit-learn), target = CIFAR ResNet-20 with {PER_CLASS} "

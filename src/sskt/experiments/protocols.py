@@ -11,13 +11,15 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from sskt.cluster.teacher import load_target
+from sskt.config import ExperimentConfig, apply_overrides
+from sskt.data.datasets import load_data
+from sskt.engine.run import fit
 from sskt.errors import SSKTError
+from sskt.evaluation import probes
 
 
 def _labelled(raw_cfg: dict, overrides: Sequence[str]):
-    from sskt.config import ExperimentConfig
-    from sskt.data.datasets import load_data
-
     cfg = ExperimentConfig.from_dict(raw_cfg).with_overrides(overrides)
     splits = load_data(cfg.data)
     if splits.multilabel:
@@ -30,9 +32,6 @@ def probe_checkpoint(checkpoint: str | os.PathLike, protocol: str, overrides: Se
                      weight_decay: float = 1e-4) -> dict[str, Any]:
     """Linear-probe (``protocol="linear"``) or weighted k-NN (``"knn"``) top-1 (%) of every stage of a
     checkpoint's frozen target, fitted on the train split and scored on the test split."""
-    from sskt.cluster.teacher import load_target
-    from sskt.evaluation.probes import probe_layers
-
     started = time.perf_counter()
     raw, target = load_target(checkpoint)
     cfg, splits = _labelled(raw, overrides)
@@ -44,10 +43,10 @@ def probe_checkpoint(checkpoint: str | os.PathLike, protocol: str, overrides: Se
     key = "linear_top1" if protocol == "linear" else "knn_top1"
 
     def score(evaluation) -> dict[str, dict[str, float]]:
-        scores = probe_layers(target, [f"model.{n}" for n in names], splits.train.images, splits.train.targets,
-                              evaluation.images, evaluation.targets, spatial=spatial, linear=protocol == "linear",
-                              knn=protocol == "knn", k=knn_k, weight_decay=weight_decay,
-                              batch_size=cfg.train.eval_batch_size)
+        scores = probes.probe_layers(target, [f"model.{n}" for n in names], splits.train.images,
+                                     splits.train.targets, evaluation.images, evaluation.targets, spatial=spatial,
+                                     linear=protocol == "linear", knn=protocol == "knn", k=knn_k,
+                                     weight_decay=weight_decay, batch_size=cfg.train.eval_batch_size)
         return {n: {"top1": round(100.0 * scores[f"model.{n}"][key], 2), "dim": int(scores[f"model.{n}"]["dim"])}
                 for n in names}
 
@@ -72,10 +71,6 @@ def finetune_checkpoint(checkpoint: str | os.PathLike, overrides: Sequence[str] 
     """Train the checkpoint's target, every layer, on the labelled task (method ``scratch`` started from
     its weights; a new classifier when the label spaces differ). Writes a run under
     ``<run>/finetune`` unless ``out_dir=...`` is overridden."""
-    from sskt.cluster.teacher import load_target
-    from sskt.config import ExperimentConfig, apply_overrides
-    from sskt.engine.run import fit
-
     raw, target = load_target(checkpoint)
     run_dir = Path(checkpoint).resolve().parent.parent
     init = run_dir / "finetune_init_target.pt"

@@ -1,0 +1,22 @@
+"""``sskt quickstart``: the 30-second demo of :mod:`sskt.experiments.quickstart`.
+
+The demo (and with it the engine) is imported when the command runs: ``sskt --help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+
+from sskt.commands.kit import command
+
+
+def _quickstart_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--out", default="runs/quickstart")
+
+
+@command("quickstart", "a 30-second demo on bundled digits: scratch vs SSKT over 3 seeds, no download", _quickstart_args)
+def run_quickstart(args: argparse.Namespace) -> int:
+    from sskt.experiments.quickstart import quickstart
+
+    quickstart(seeds=args.seeds, out_dir=args.out)
+    return 0
