@@ -8,16 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from sskt.data.video import (
-    DEFAULT_MOTIONS,
-    VideoClipDataset,
-    average_clip_scores,
-    hmdb51_split,
-    moving_cifar,
-    eval_clip_indices,
-    train_clip_indices,
-    ucf101_split,
-)
+from sskt.data.moving_cifar import DEFAULT_MOTIONS, moving_cifar
+from sskt.data.video import VideoClipDataset, average_clip_scores
+from sskt.data.video_reader import eval_clip_indices, train_clip_indices
+from sskt.data.video_splits import hmdb51_split, ucf101_split
 from sskt.errors import SSKTError
 from sskt.models.resnet3d import VIDEO_MODELS, create_video_model
 from sskt.sources.frames import average_frame_outputs, centre_frame, clip_source_logits, sample_frames

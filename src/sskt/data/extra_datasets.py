@@ -28,6 +28,9 @@ from torch import Tensor
 
 from sskt.data.datasets import DATASETS, DataConfig, _cache_dir, _require_root, imagefolder, per_class_indices
 from sskt.data.tensor_dataset import ImageSplits, ImageTensorDataset
+from sskt.data.moving_cifar import DEFAULT_MOTIONS, moving_cifar
+from sskt.data.video_reader import VideoReader, eval_clip_indices, resize_crop, train_clip_indices
+from sskt.data.video_splits import VideoSplit, hmdb51_split, ucf101_split
 from sskt.errors import SSKTError
 
 
@@ -168,15 +171,13 @@ def _clip_cache_key(paths: list[Path], settings: dict[str, Any]) -> Path:
 
 def decode_clips(split: Any, train: bool, clip_len: int, stride: int, clips: int, size: int | None,
                  crop: int | None, seed: int, workers: int = 2) -> tuple[Tensor, Tensor, Tensor]:
-    """Cut every video of a :class:`~sskt.data.video.VideoSplit` into ``clips`` uint8 clips (3, T, h, w).
+    """Cut every video of a :class:`~sskt.data.video_splits.VideoSplit` into ``clips`` uint8 clips (3, T, h, w).
 
     Training: ``clips`` random windows per video (seeded); test: ``clips`` evenly spaced windows.
     Frames are resized (shorter side ``size``) and centre-cropped to ``crop``. Returns
     ``(clips (M, 3, T, h, w), labels (M,), video index (M,))``; cached on disk (``SSKT_CACHE_DIR``)
     by file list, modification times and settings.
     """
-    from sskt.data.video import VideoReader, eval_clip_indices, resize_crop, train_clip_indices
-
     if not split.entries:
         raise SSKTError("the video split is empty; check the split files and data.root")
     settings = {"train": train, "clip_len": clip_len, "stride": stride, "clips": clips, "size": size,
@@ -221,17 +222,14 @@ _VIDEO_DEFAULTS: dict[str, Any] = {"split_dir": None, "split": 1, "clip_len": 16
                                    "workers": 2, "seed": None}
 
 
-def _video_dataset(split_fn_name: str) -> Callable[[DataConfig], ImageSplits]:
+def _video_dataset(split_fn: Callable[..., VideoSplit]) -> Callable[[DataConfig], ImageSplits]:
     def build(cfg: DataConfig) -> ImageSplits:
-        from sskt.data import video
-
         opts = _options(cfg, _VIDEO_DEFAULTS)
         root = _require_root(cfg)
         if opts["split_dir"] is None:
             raise SSKTError(f"dataset {cfg.dataset!r} needs data.options.split_dir (the official split files)")
         split_dir = Path(opts["split_dir"]).expanduser()
         split_dir = split_dir if split_dir.is_absolute() or split_dir.exists() else root / split_dir
-        split_fn = getattr(video, split_fn_name)
         seed = cfg.subset_seed if opts["seed"] is None else int(opts["seed"])
         out = []
         classes: list[str] = []
@@ -242,19 +240,19 @@ def _video_dataset(split_fn_name: str) -> Callable[[DataConfig], ImageSplits]:
             if n_per_class is not None:  # N videos per class, seeded, before decoding
                 labels = torch.tensor([e.label for e in vs.entries])
                 keep = per_class_indices(labels, n_per_class, cfg.subset_seed, classes, subset)
-                vs = video.VideoSplit([vs.entries[i] for i in keep.tolist()], classes)
+                vs = VideoSplit([vs.entries[i] for i in keep.tolist()], classes)
             x, y, vid = decode_clips(vs, subset == "train", int(opts["clip_len"]), int(opts["stride"]), int(clips),
                                      opts["size"], opts["crop"], seed, int(opts["workers"]))
             out.append(ImageTensorDataset(x, y, {"video": vid}))
         return ImageSplits(out[0], out[1], classes, meta={"clips_per_video": [opts["train_clips"], opts["test_clips"]]})
 
-    build.__doc__ = (f"{split_fn_name.split('_')[0].upper()} clips from frame folders or video files (PyAV); "
+    build.__doc__ = (f"{split_fn.__name__.split('_')[0].upper()} clips from frame folders or video files (PyAV); "
                      "see the module docstring and docs/multilabel-video.md for data.options.")
     return build
 
 
-DATASETS.register("ucf101")(_video_dataset("ucf101_split"))
-DATASETS.register("hmdb51")(_video_dataset("hmdb51_split"))
+DATASETS.register("ucf101")(_video_dataset(ucf101_split))
+DATASETS.register("hmdb51")(_video_dataset(hmdb51_split))
 
 
 @DATASETS.register("moving-cifar")
@@ -268,8 +266,6 @@ def moving_cifar_dataset(cfg: DataConfig) -> ImageSplits:
     to draw objects from; default all), ``seed`` (default ``data.subset_seed``; test clips use seed + 1).
     ``data.per_class`` / ``test_per_class`` keep N clips per motion class.
     """
-    from sskt.data.video import DEFAULT_MOTIONS, moving_cifar
-
     opts = _options(cfg, {"train_clips": 5_000, "test_clips": 2_000, "canvas": 48, "frames": 8,
                           "motions": list(DEFAULT_MOTIONS), "object_size": None, "background": 0,
                           "pool_per_class": None, "seed": None})
