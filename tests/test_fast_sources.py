@@ -30,7 +30,8 @@ def _kl(reference: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def real_images() -> torch.Tensor:
-    from sskt.data.datasets import DataConfig, load_data
+    from sskt.config import DataConfig
+    from sskt.data.datasets import load_data
 
     splits = load_data(DataConfig(dataset="imagefolder", root=str(CIFAR), per_class=1, test_per_class=10))
     return to_float(splits.test.images)  # 100 real test images, 10 per class

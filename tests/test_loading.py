@@ -93,7 +93,8 @@ def test_a_truncated_checkpoint_is_unreadable_not_untrusted(tmp_path):
 
 
 def test_a_pickled_target_checkpoint_says_how_to_save_weights_not_to_trust(tmp_path):
-    from sskt.methods.base import BuildContext, TargetConfig
+    from sskt.config import TargetConfig
+    from sskt.methods.base import BuildContext
 
     torch.save(create_model("cifar_resnet20", num_classes=10), tmp_path / "whole.pth")
     ctx = BuildContext(num_classes=10, input_shape=(3, 32, 32), multilabel=False,

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from testutils import CIFAR_JPEG, CIFAR_WEIGHTS, need, tiny_config
-from sskt.config import ExperimentConfig
-from sskt.data.datasets import DataConfig, load_data
-from sskt.methods import BuildContext, TargetConfig, build_method
+from sskt.config import DataConfig, ExperimentConfig, TargetConfig
+from sskt.data.datasets import load_data
+from sskt.methods import BuildContext, build_method
 
 
 def _digits(size: int | None = None, per_class: int = 10) -> tuple[torch.Tensor, BuildContext]:

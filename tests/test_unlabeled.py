@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from sskt.config import ExperimentConfig
-from sskt.data.datasets import DataConfig, load_data
+from sskt.config import DataConfig, ExperimentConfig
+from sskt.data.datasets import load_data
 from sskt.data.sampling import MixedBatchSampler
 from sskt.engine.run import fit
 from sskt.errors import SSKTError

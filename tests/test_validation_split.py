@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from sskt.config import ExperimentConfig
-from sskt.data.datasets import DataConfig, load_data, partition_train
+from sskt.config import DataConfig, ExperimentConfig
+from sskt.data.datasets import load_data, partition_train
 from sskt.engine.run import fit
 from sskt.errors import SSKTError
 

@@ -15,8 +15,8 @@ __version__ = "0.1.0"
 # Public names -> defining module, imported on first use so that `import sskt.losses` stays light
 # (Lightning is only loaded when training is asked for).
 _LAZY = {
-    "ExperimentConfig": "sskt.config", "TrainConfig": "sskt.config", "DataConfig": "sskt.data.datasets",
-    "TargetConfig": "sskt.methods.base", "METHODS": "sskt.methods", "RunResult": "sskt.engine.run",
+    "ExperimentConfig": "sskt.config", "TrainConfig": "sskt.config", "DataConfig": "sskt.config",
+    "TargetConfig": "sskt.config", "METHODS": "sskt.methods", "RunResult": "sskt.engine.run",
     "fit": "sskt.engine.run", "evaluate": "sskt.engine.run", "export": "sskt.engine.run",
     "load_trained": "sskt.engine.run", "load_network": "sskt.sources.loading", "SSKTError": "sskt.errors",
 }

@@ -1,6 +1,6 @@
 """Experiment configuration: one YAML file per experiment, with ``key.path=value`` overrides.
 
-Sections: ``data`` (:class:`~sskt.data.DataConfig`), ``target`` (:class:`~sskt.methods.TargetConfig`),
+Sections: ``data`` (:class:`DataConfig`), ``target`` (:class:`TargetConfig`),
 ``method`` (``name`` plus that method's own options, validated by the method) and ``train``
 (:class:`TrainConfig`). Unknown keys are errors, never silently ignored; a value of the wrong type or
 out of range is one error naming its dotted key (:func:`sskt.validation.validate`). ``~`` in any text
@@ -18,10 +18,62 @@ from typing import Annotated, Any, Sequence
 import yaml
 from annotated_types import Ge, Gt, Lt
 
-from sskt.data.datasets import DataConfig
 from sskt.errors import SSKTError
-from sskt.methods.base import TargetConfig
 from sskt.validation import validate
+
+
+@dataclass
+class DataConfig:
+    """Which data, how much of it is labelled, and how it is augmented.
+
+    ``per_class`` keeps a seeded subset of N labelled training images per class (the low-label
+    setting SSKT is for); ``subset_seed`` fixes that subset independently of the training seed, so
+    seeds compare methods on the same labels. ``test_per_class`` shrinks the test split (for quick
+    checks only). ``grayscale_to_rgb`` repeats grey images to 3 channels.
+
+    ``val_per_class`` holds N more labelled images per class of the training split out as a
+    validation split (disjoint from the labelled subset, the unlabelled images and the test split):
+    "best" and every selection are made on it, never on the test split.
+
+    ``unlabeled``: images the auxiliary losses learn from without labels: ``rest`` (the training
+    split's images outside the labelled subset and the validation split), or a folder of images of
+    any size (searched recursively, resized to the training images' size); ``unlabeled_count`` keeps a
+    seeded N of them. Each training batch then holds ``unlabeled_ratio`` unlabelled images per
+    labelled one (an epoch is still one pass over the labelled images).
+    """
+
+    dataset: str = "cifar10"
+    root: str | None = None
+    train_split: str = "train"
+    test_split: str = "test"
+    # Types and ranges are checked when the config is read (sskt.validation).
+    per_class: Annotated[int, Ge(1)] | None = None
+    test_per_class: Annotated[int, Ge(1)] | None = None
+    subset_seed: int = 0
+    image_size: Annotated[int, Ge(1)] | None = None
+    grayscale_to_rgb: bool = True
+    crop_padding: Annotated[int, Ge(0)] = 4
+    flip: bool = True
+    download: bool = False
+    num_workers: Annotated[int, Ge(0)] = 0
+    options: dict | None = None  # dataset-specific settings
+    val_per_class: Annotated[int, Ge(1)] | None = None
+    unlabeled: str | None = None  # rest | a folder of images
+    unlabeled_count: Annotated[int, Ge(1)] | None = None
+    unlabeled_ratio: Annotated[float, Gt(0)] = 1.0
+
+
+@dataclass
+class TargetConfig:
+    """The target network: an architecture name, optionally initial weights and stage names."""
+
+    arch: str = "cifar_resnet20"
+    checkpoint: str | None = None  # initial weights (fine-tuning); the classifier is replaced if it differs
+    pretrained: bool | str = False  # or the arch's published weights (see sskt.models.pretrained)
+    allow_download: bool = False  # pretrained weights not in a local cache may be downloaded
+    stages: list[str] | None = None  # modules tapped by transfer heads; default: the architecture's stages
+    mean: list[float] | None = None
+    std: list[float] | None = None
 
 
 @dataclass

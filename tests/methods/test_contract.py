@@ -48,10 +48,10 @@ import torch
 from torch import Tensor
 
 import sskt.methods  # noqa: F401  (registers every method)
-from sskt.config import TrainConfig
+from sskt.config import DataConfig, TargetConfig, TrainConfig
 from sskt.data.augment import BatchAugment, to_float
-from sskt.data.datasets import DataConfig, load_data
-from sskt.methods.base import METHODS, BuildContext, Method, StepOutput, TargetConfig, build_method
+from sskt.data.datasets import load_data
+from sskt.methods.base import METHODS, BuildContext, Method, StepOutput, build_method
 from testutils import FakeModule, tiny_config
 
 GOLDEN = Path(__file__).with_name("golden_losses.json")

@@ -72,7 +72,8 @@ def test_sequential_update_uses_the_updated_first_peer() -> None:
 
 
 def test_peer_architectures_and_bad_update_flag() -> None:
-    from sskt.methods.base import BuildContext, TargetConfig
+    from sskt.config import TargetConfig
+    from sskt.methods.base import BuildContext
 
     ctx = BuildContext(num_classes=10, input_shape=(3, 32, 32), multilabel=False, target=TargetConfig())
     method = DML.from_config({"peers": ["cifar_resnet32", "same"]}, ctx)

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from sskt.config import TrainConfig
+from sskt.config import TargetConfig, TrainConfig
 from sskt.errors import SSKTError
-from sskt.methods.base import BuildContext, TargetConfig
+from sskt.methods.base import BuildContext
 from sskt.methods.finetune import Finetune
 from sskt.sources.loading import extract_state_dict, read_checkpoint
 

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from sskt.config import TargetConfig
 from sskt.errors import SSKTError
-from sskt.methods.base import BuildContext, TargetConfig
+from sskt.methods.base import BuildContext
 from sskt.methods.kd import KD, KDOptions, distillation_loss
 from sskt.models.factory import create_model
 from sskt.models.target import TargetNetwork

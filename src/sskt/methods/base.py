@@ -7,23 +7,11 @@ from typing import Any, ClassVar, Sequence, TypeVar
 
 from torch import Tensor, nn
 
+from sskt.config import TargetConfig
 from sskt.errors import SSKTError
 from sskt.models.target import NormalizedClassifier, TargetNetwork
 from sskt.registry import Registry
 from sskt.validation import validate
-
-
-@dataclass
-class TargetConfig:
-    """The target network: an architecture name, optionally initial weights and stage names."""
-
-    arch: str = "cifar_resnet20"
-    checkpoint: str | None = None  # initial weights (fine-tuning); the classifier is replaced if it differs
-    pretrained: bool | str = False  # or the arch's published weights (see sskt.models.pretrained)
-    allow_download: bool = False  # pretrained weights not in a local cache may be downloaded
-    stages: list[str] | None = None  # modules tapped by transfer heads; default: the architecture's stages
-    mean: list[float] | None = None
-    std: list[float] | None = None
 
 
 @dataclass

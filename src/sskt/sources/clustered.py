@@ -113,7 +113,8 @@ def build_clustered_source(cfg: SourceConfig, in_chans: int = 3) -> Source:
         centroids, projection = saved["centroids"], Projection.from_state(saved["projection"])
         fingerprint = file_digest(path)[:16]
     else:
-        from sskt.data.datasets import DataConfig, load_data
+        from sskt.config import DataConfig
+        from sskt.data.datasets import load_data
 
         teacher = load_teacher(opts.teacher or "", opts.arch, opts.layer, opts.spatial, in_chans, cfg.trust_pickle,
                                opts.hog_cell)
