@@ -190,7 +190,7 @@ def test_out_dir_under_a_file_is_one_line_before_any_data_is_read(tmp_path, caps
 def test_a_full_disk_is_one_line_naming_it_and_leaves_nothing_half_written(tmp_path, capsys, monkeypatch):
     import errno
 
-    import sskt.engine.io as io
+    import sskt.io as io
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")

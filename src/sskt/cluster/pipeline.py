@@ -18,7 +18,7 @@ from torch import Tensor
 from sskt.cluster.features import l2_normalize
 from sskt.cluster.kmeans import ClusterStats, assign, cluster_stats, kmeans
 from sskt.cluster.teacher import teacher_features
-from sskt.engine.io import atomic_torch_save
+from sskt.io import atomic_torch_save
 
 
 def images_digest(images: Tensor) -> str:

@@ -41,7 +41,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from sskt.engine.io import _atomic_write
+from sskt.io import atomic_write
 from sskt.errors import SSKTError
 from sskt.models.factory import create_model, model_spec
 from sskt.models.target import EXPORT_FORMAT, NormalizedClassifier
@@ -108,8 +108,8 @@ def export(checkpoint: str | os.PathLike, path: str | os.PathLike, format: str |
     payload = _WRITERS[fmt](net, meta)  # everything is converted before anything is written
     card = model_card(ckpt, net, meta, path.name, fmt)
     try:
-        _atomic_write(path, lambda fh: fh.write(payload))
-        _atomic_write(card_path, lambda fh: fh.write(card.encode()))
+        atomic_write(path, lambda fh: fh.write(payload))
+        atomic_write(card_path, lambda fh: fh.write(card.encode()))
     except OSError as err:
         raise SSKTError(f"cannot write {path} ({err.strerror or err}); choose a writable file path") from None
     return Exported(path, card_path, fmt)

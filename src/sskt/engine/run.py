@@ -22,7 +22,7 @@ from sskt.config import ExperimentConfig
 from sskt.data.datasets import load_data
 from sskt.data.sampling import MixedBatchSampler, epochs_per_unlabeled_pass
 from sskt.data.tensor_dataset import ImageSplits, ImageTensorDataset, collate_batch
-from sskt.engine.io import atomic_json_dump, atomic_torch_save
+from sskt.io import atomic_json_dump, atomic_torch_save
 from sskt.engine.lit import MethodModule
 from sskt.engine.loggers import build_loggers
 from sskt.engine.rundir import announce, prepare_run_dir

@@ -133,7 +133,7 @@ def prepare_run_dir(config: dict, out_dir: Path, resume: bool) -> str | None:
         if continued:
             note = "continuing the run in {} with changed {}".format(
                 out_dir, ", ".join(f"{k} ({_show(a)} -> {_show(b)})" for k, (a, b) in continued.items()))
-    from sskt.engine.io import atomic_text_write
+    from sskt.io import atomic_text_write
 
     atomic_text_write(yaml.safe_dump(config, sort_keys=False), out_dir / CONFIG_FILE)
     return note

@@ -112,7 +112,7 @@ class TargetNetwork(nn.Module):
 
     def save(self, path: str | os.PathLike, classes: Sequence[str] | None = None, **meta: object) -> Path:
         """Write a self-describing model file (loadable by :func:`sskt.sources.loading.load_network`)."""
-        from sskt.engine.io import atomic_torch_save
+        from sskt.io import atomic_torch_save
 
         payload = {
             "format": EXPORT_FORMAT,

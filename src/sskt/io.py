@@ -24,7 +24,7 @@ def _umask() -> int:
     return mask
 
 
-def _atomic_write(path: str | os.PathLike, write) -> Path:
+def atomic_write(path: str | os.PathLike, write) -> Path:
     """Write through ``write(fh)`` to a temporary file beside ``path``, then rename it over ``path``:
     readers see the old file or the new one, never half of one. The file gets the permissions a plain
     ``open`` would give it (0o666 less the umask; ``mkstemp`` alone would make it 0o600)."""
@@ -47,16 +47,16 @@ def _atomic_write(path: str | os.PathLike, write) -> Path:
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """torch.save to a temporary file in the same folder, then rename over ``path``."""
-    return _atomic_write(path, lambda fh: torch.save(obj, fh))
+    return atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def atomic_json_dump(obj: Any, path: str | os.PathLike) -> Path:
     """json.dump (indented, sorted keys) written atomically."""
     data = json.dumps(obj, indent=2, sort_keys=True, default=str).encode()
-    return _atomic_write(path, lambda fh: fh.write(data))
+    return atomic_write(path, lambda fh: fh.write(data))
 
 
 def atomic_text_write(text: str, path: str | os.PathLike) -> Path:
     """A text file (UTF-8) written atomically."""
     data = text.encode()
-    return _atomic_write(path, lambda fh: fh.write(data))
+    return atomic_write(path, lambda fh: fh.write(data))
