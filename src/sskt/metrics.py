@@ -1,6 +1,6 @@
 """Multi-label ranking metrics: standard PASCAL per-class mAP and the SSKT code's per-image AP.
 
-Both use scikit-learn's ``average_precision_score`` definition (no interpolation):
+Both use scikit-learn's ``average_precision_score`` (no interpolation):
 ``AP = sum_n (R_n - R_{n-1}) * P_n`` over the distinct score thresholds, ties grouped. Scores may be
 logits or probabilities: AP only depends on the ranking and sigmoid is monotonic.
 
@@ -28,7 +28,8 @@ def _as_numpy(x: ArrayLike, dtype: type) -> np.ndarray:
 
 
 def average_precision(scores: ArrayLike, targets: ArrayLike) -> float:
-    """Average precision of one ranking (sklearn semantics); NaN when there is no positive.
+    """Average precision of one ranking: scikit-learn's ``average_precision_score``, NaN (instead of a
+    warning and 0) when there is no positive.
 
     Args:
         scores: (N,) real scores, higher means more likely positive.
@@ -38,22 +39,15 @@ def average_precision(scores: ArrayLike, targets: ArrayLike) -> float:
         >>> average_precision(np.array([0.9, 0.8, 0.7]), np.array([1, 0, 1]))  # (1 + 2/3) / 2
         0.8333333333333333
     """
+    from sklearn.metrics import average_precision_score  # imported lazily: sklearn is slow to import
+
     s = _as_numpy(scores, np.float64).reshape(-1)
     y = _as_numpy(targets, np.float64).reshape(-1) > 0.5
     if s.shape != y.shape:
         raise ValueError(f"scores and targets differ in length: {s.shape} vs {y.shape}")
-    n_pos = int(y.sum())
-    if n_pos == 0:
+    if not y.any():
         return float("nan")
-    order = np.argsort(-s, kind="mergesort")
-    s, y = s[order], y[order]
-    tp = np.cumsum(y)
-    fp = np.cumsum(~y)
-    # One operating point per distinct score: the last index of each run of tied scores.
-    last = np.r_[np.nonzero(np.diff(s))[0], s.size - 1]
-    precision = tp[last] / (tp[last] + fp[last])
-    recall = tp[last] / n_pos
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    return float(average_precision_score(y, s))
 
 
 def classwise_map(
