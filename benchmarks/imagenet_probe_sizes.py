@@ -14,7 +14,7 @@ import time
 import torch
 
 from sskt.data.datasets import DataConfig, load_data
-from sskt.methods.kd import evaluate_on_test
+from sskt.evaluation.scoring import evaluate_on_test
 from sskt.sources.adapt import adapt_with_probe
 from sskt.sources.source import build_source
 

@@ -9,8 +9,8 @@ from PIL import Image
 
 from sskt.data import DataConfig, load_data
 from sskt.engine.lit import MethodModule
-from sskt.engine.run import evaluate_model
 from sskt.errors import SSKTError
+from sskt.evaluation.scoring import evaluate_model
 from sskt.methods.sskt import SSKT, SSKTOptions
 from sskt.metrics import classwise_map
 from sskt.models.factory import create_model, model_spec

@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_LAZY = {"RunResult": "sskt.engine.run", "evaluate": "sskt.engine.run", "evaluate_model": "sskt.engine.run",
+_LAZY = {"RunResult": "sskt.engine.run", "evaluate": "sskt.engine.run", "evaluate_model": "sskt.evaluation.scoring",
          "fit": "sskt.engine.run", "load_trained": "sskt.engine.run"}
 __all__ = list(_LAZY)
 

@@ -22,11 +22,12 @@ from sskt.config import ExperimentConfig
 from sskt.data.datasets import load_data
 from sskt.data.sampling import MixedBatchSampler, epochs_per_unlabeled_pass
 from sskt.data.tensor_dataset import ImageSplits, ImageTensorDataset, collate_batch
-from sskt.io import atomic_json_dump, atomic_torch_save
 from sskt.engine.lit import MethodModule
 from sskt.engine.loggers import build_loggers
 from sskt.engine.rundir import announce, prepare_run_dir
 from sskt.errors import SSKTError
+from sskt.evaluation.scoring import evaluate_model
+from sskt.io import atomic_json_dump, atomic_torch_save
 from sskt.methods import BuildContext, Method, build_method
 
 
@@ -245,27 +246,6 @@ def load_trained(checkpoint: str | os.PathLike, overrides: Sequence[str] = ()) -
     if missing or unexpected:
         raise SSKTError(f"{checkpoint} does not fit its config: missing {missing[:4]}, unexpected {unexpected[:4]}")
     return cfg, method
-
-
-@torch.no_grad()
-def evaluate_model(model: torch.nn.Module, data: ImageTensorDataset, multilabel: bool = False,
-                   batch_size: int = 512) -> float:
-    """Top-1 accuracy (%) or per-class mAP (%, ignore mask applied; :func:`sskt.metrics.classwise_map`)
-    of ``model`` (images in [0, 1] -> logits) on ``data``."""
-    from sskt.data.augment import to_float
-    from sskt.metrics import MultilabelMAP
-
-    model.eval()
-    metric = MultilabelMAP() if multilabel else None
-    correct = 0
-    for start in range(0, len(data), batch_size):
-        batch = data.__getitems__(range(start, min(start + batch_size, len(data))))
-        logits = model(to_float(batch["image"])).float()
-        if metric is not None:
-            metric.update(logits, batch["target"], batch.get("ignore"))
-        else:
-            correct += int((logits.argmax(1) == batch["target"]).sum())
-    return metric.compute()["map"] * 100 if metric is not None else 100.0 * correct / len(data)
 
 
 def evaluate(checkpoint: str | os.PathLike, overrides: Sequence[str] = ()) -> dict[str, Any]:

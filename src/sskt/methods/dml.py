@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sskt.errors import SSKTError
+from sskt.evaluation.scoring import evaluate_on_test
 from sskt.losses import kd_loss
 from sskt.methods.base import METHODS, BuildContext, Method, StepOutput, parse_options
-from sskt.methods.kd import evaluate_on_test
 from sskt.models.target import NormalizedClassifier, TargetNetwork
 
 UPDATES = ("sequential", "simultaneous")

@@ -6,7 +6,6 @@ KD teacher: that is what SSKT's auxiliary heads are for.
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,12 +15,10 @@ from torch import Tensor, nn
 
 from sskt.errors import SSKTError
 from sskt.losses import kd_loss
+from sskt.methods._util import adapt_source, evaluate_once
 from sskt.methods.base import METHODS, BuildContext, Method, StepOutput, parse_options
 from sskt.models.target import TargetNetwork
 from sskt.sources.source import Source, build_source, source_config
-
-# Teacher accuracy is the same for every seed and variant of a comparison: measure it once per process.
-_TEACHER_ACC_CACHE: dict[tuple, float] = {}
 
 
 @dataclass
@@ -52,31 +49,6 @@ def distillation_loss(student: Tensor, teacher: Tensor, target: Tensor, temperat
     ``labeled`` (bool per row, optional): the CE uses only those rows; the KL teaches on every row."""
     hard_student, hard_target = (student, target) if labeled is None else (student[labeled], target[labeled])
     return (1.0 - alpha) * F.cross_entropy(hard_student, hard_target), alpha * kd_loss(student, teacher, temperature)
-
-
-class _OnDevice(nn.Module):
-    """Moves CPU evaluation batches to the wrapped module's device (the engine may have moved it)."""
-
-    def __init__(self, module: nn.Module) -> None:
-        super().__init__()
-        self.module = module
-
-    def forward(self, x: Tensor) -> Tensor:
-        device = next(self.module.parameters()).device
-        return self.module(x.to(device))
-
-
-def evaluate_on_test(module: nn.Module, test_data: Any, multilabel: bool = False) -> float | None:
-    """Test accuracy (%) of a frozen or auxiliary network, or None when no test split is known."""
-    if test_data is None:
-        return None
-    from sskt.engine.run import evaluate_model
-
-    was_training = module.training
-    try:
-        return round(evaluate_model(_OnDevice(module), test_data, multilabel), 4)
-    finally:
-        module.train(was_training)
 
 
 @METHODS.register("kd")
@@ -146,35 +118,6 @@ class KD(Method):
         if self.adapted_teacher:
             out["adapted/teacher"] = self.adapted_teacher
         return out
-
-
-def evaluate_once(src: Source, data: Any) -> float | None:
-    """Test top-1 (%) of a frozen source, measured once per process for the same weights and data."""
-    if data is None:
-        return None
-    from sskt.sources.cache_keys import weights_digest
-
-    key = (weights_digest(src.network), src.input_size, src.input_scale, len(data), int(data.targets.sum()),
-           int(data.images[:64].float().sum()))
-    if key not in _TEACHER_ACC_CACHE:
-        _TEACHER_ACC_CACHE[key] = evaluate_on_test(src, data)  # type: ignore[assignment]
-    return _TEACHER_ACC_CACHE[key]
-
-
-def adapt_source(src: Source, ctx: BuildContext) -> dict:
-    """``adapt: probe`` for a method's source or teacher: fitted on the labelled training images (the
-    validation split picks the penalty); when a trained run is only rebuilt (evaluate, export), the
-    source just gets the adapted classifier's shape."""
-    from sskt.sources.adapt import adapt_with_probe, reshape_classifier
-
-    if ctx.multilabel:
-        raise SSKTError(f"source {src.name!r}: adapt: probe is for single-label targets")
-    if not ctx.for_training or ctx.train_data is None:
-        reshape_classifier(src, ctx.num_classes)
-        return {}
-    print(f"sskt: fitting a linear probe on source {src.name!r}'s features of {len(ctx.labeled_data)} labelled "
-          f"images (adapt: probe)", file=sys.stderr, flush=True)
-    return adapt_with_probe(src, ctx.labeled_data, ctx.val_data)
 
 
 def _short(names: list[str], shown: int = 4) -> str:

@@ -14,8 +14,8 @@ from torch import Tensor, nn
 
 from sskt.errors import SSKTError
 from sskt.losses import SOFT_LOSSES
+from sskt.methods._util import adapt_source, evaluate_once
 from sskt.methods.base import METHODS, BuildContext, Method, StepOutput, parse_options, target_loss_fn
-from sskt.methods.kd import adapt_source, evaluate_once
 from sskt.models.heads import LinearHead, TransferModule
 from sskt.models.target import TargetNetwork
 from sskt.sources.bank import SourceBank

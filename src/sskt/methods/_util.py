@@ -1,0 +1,38 @@
+"""Helpers several methods share (KD and SSKT's sources, DML's and MAXL's optimisers)."""
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from sskt.errors import SSKTError
+from sskt.evaluation.scoring import evaluate_on_test
+from sskt.methods.base import BuildContext
+from sskt.sources.source import Source
+
+
+def evaluate_once(src: Source, data: Any) -> float | None:
+    """Test top-1 (%) of a frozen source, measured once per process for the same weights and data (a
+    teacher's accuracy is the same for every seed and variant of a comparison)."""
+    if data is None:
+        return None
+    from sskt.sources.cache_keys import weights_digest
+
+    key = (weights_digest(src.network), src.input_size, src.input_scale, len(data), int(data.targets.sum()),
+           int(data.images[:64].float().sum()))
+    return evaluate_on_test(src, data, memo_key=key)
+
+
+def adapt_source(src: Source, ctx: BuildContext) -> dict:
+    """``adapt: probe`` for a method's source or teacher: fitted on the labelled training images (the
+    validation split picks the penalty); when a trained run is only rebuilt (evaluate, export), the
+    source just gets the adapted classifier's shape."""
+    from sskt.sources.adapt import adapt_with_probe, reshape_classifier
+
+    if ctx.multilabel:
+        raise SSKTError(f"source {src.name!r}: adapt: probe is for single-label targets")
+    if not ctx.for_training or ctx.train_data is None:
+        reshape_classifier(src, ctx.num_classes)
+        return {}
+    print(f"sskt: fitting a linear probe on source {src.name!r}'s features of {len(ctx.labeled_data)} labelled "
+          f"images (adapt: probe)", file=sys.stderr, flush=True)
+    return adapt_with_probe(src, ctx.labeled_data, ctx.val_data)
