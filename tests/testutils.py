@@ -39,7 +39,7 @@ class FakeModule:
     """The bits of MethodModule a method's manual step uses (optimisers, manual_backward)."""
 
     def __init__(self, optimizers: list) -> None:
-        self._optimizers, self._trainer = optimizers, None
+        self._optimizers = optimizers
 
     def optimizers(self) -> Any:
         return self._optimizers

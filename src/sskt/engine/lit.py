@@ -15,11 +15,13 @@ from sskt.engine.rundir import flatten
 from sskt.errors import SSKTError
 from sskt.methods.base import Method, labeled_rows
 from sskt.metrics import MultilabelMAP
+from sskt.optim import make_optimizer, make_scheduler
 
 
 class MethodModule(L.LightningModule):
     """Owns the loop's plumbing so a method holds only its maths: augmentation, optimiser and
-    schedule, metrics (top-1 or mAP), per-loss logging, the NaN guard, and the per-epoch history.
+    schedule (it also steps the schedules of a method that steps its own optimisers), metrics (top-1
+    or mAP), per-loss logging, the NaN guard, and the per-epoch history.
 
     Each evaluation scores the validation split (``val/...``, when the data has one: every selection
     is made on it) and the test split (``test/...``, reported, never selected on).
@@ -97,6 +99,8 @@ class MethodModule(L.LightningModule):
         else:
             out = self.method.manual_step(batch, self)
             loss = None
+            if self.trainer.is_last_batch:
+                self._step_schedulers()
             self._check_finite(sum(v.detach() for v in out.losses.values()), out.losses)
         bs = images.shape[0]
         self._loss_sum += float(sum(v.detach() for v in out.losses.values()))
@@ -113,6 +117,16 @@ class MethodModule(L.LightningModule):
             acc = (logits.detach().argmax(1) == labels).float().mean()
             self.log("train/acc", acc, on_step=False, on_epoch=True, batch_size=labels.shape[0])
         return loss
+
+    def _step_schedulers(self) -> None:
+        """Manual optimisation: Lightning leaves the method's schedules alone, so the engine steps every one
+        of them once per epoch, after the epoch's last step, where Lightning steps an automatic method's
+        (before that epoch's evaluation and checkpoint)."""
+        schedulers = self.lr_schedulers()
+        if schedulers is None:
+            return
+        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
+            scheduler.step()
 
     def _check_finite(self, loss: Tensor, parts: dict[str, Tensor]) -> None:
         if not torch.isfinite(loss):
@@ -166,8 +180,7 @@ class MethodModule(L.LightningModule):
         custom = self.method.configure_optimizers(cfg)
         if custom is not None:
             return custom
-        optimizer = torch.optim.SGD(self.method.param_groups(cfg), lr=cfg.lr, momentum=cfg.momentum,
-                                    weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+        optimizer = make_optimizer(self.method.param_groups(cfg), cfg)
         return {"optimizer": optimizer, "lr_scheduler": make_scheduler(optimizer, cfg)}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -190,12 +203,3 @@ class MethodModule(L.LightningModule):
     def wall_seconds(self) -> float:
         """Wall time of the run so far, over every invocation (cache building and evaluation included)."""
         return self._wall_before + time.perf_counter() - self._wall_start
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Any) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-epoch schedule: multistep (milestones, gamma), cosine to 0 over the run, or constant."""
-    if cfg.schedule == "multistep":
-        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.milestones), gamma=cfg.gamma)
-    if cfg.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)

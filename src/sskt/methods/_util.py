@@ -36,3 +36,8 @@ def adapt_source(src: Source, ctx: BuildContext) -> dict:
     print(f"sskt: fitting a linear probe on source {src.name!r}'s features of {len(ctx.labeled_data)} labelled "
           f"images (adapt: probe)", file=sys.stderr, flush=True)
     return adapt_with_probe(src, ctx.labeled_data, ctx.val_data)
+
+
+def as_list(obj: Any) -> list:
+    """What ``module.optimizers()`` gives a manual step (one optimiser, or a list of them), as a list."""
+    return obj if isinstance(obj, list) else [obj]

@@ -141,7 +141,8 @@ class Method(nn.Module):
         return self(batch["image"]), batch["target"]
 
     def manual_step(self, batch: dict[str, Tensor], module: Any) -> StepOutput:
-        """For methods with ``automatic_optimization = False``: do the updates, return what to log."""
+        """For methods with ``automatic_optimization = False``: do the updates with ``module.optimizers()``
+        and ``module.manual_backward``, return what to log. The engine steps the schedules once per epoch."""
         raise NotImplementedError(f"{type(self).__name__} must implement manual_step")
 
     def frozen_modules(self) -> Sequence[nn.Module]:
@@ -168,7 +169,8 @@ class Method(nn.Module):
         return None
 
     def configure_optimizers(self, train_cfg: Any) -> Any:
-        """Optimisers and schedules in Lightning's format, or None for SGD over :meth:`param_groups`."""
+        """Optimisers and schedules in Lightning's format (built with :func:`sskt.optim.make_optimizer` and
+        :func:`sskt.optim.make_scheduler`), or None for the run's SGD over :meth:`param_groups`."""
         return None
 
     def param_groups(self, train_cfg: Any) -> list[dict]:

@@ -20,8 +20,10 @@ from torch import Tensor, nn
 from sskt.errors import SSKTError
 from sskt.evaluation.scoring import evaluate_on_test
 from sskt.losses import kd_loss
+from sskt.methods._util import as_list
 from sskt.methods.base import METHODS, BuildContext, Method, StepOutput, parse_options
 from sskt.models.target import NormalizedClassifier, TargetNetwork
+from sskt.optim import make_optimizer, make_scheduler
 
 UPDATES = ("sequential", "simultaneous")
 
@@ -71,22 +73,6 @@ def frozen_bn_statistics(module: nn.Module) -> Iterator[None]:
                 m.num_batches_tracked.copy_(tracked)
 
 
-def step_schedulers_at_epoch_end(module: Any) -> None:
-    """Manual optimisation leaves learning-rate schedules to the method: step them once per epoch."""
-    trainer = getattr(module, "_trainer", None)
-    if trainer is None or not trainer.is_last_batch:
-        return
-    schedulers = module.lr_schedulers()
-    if schedulers is None:
-        return
-    for s in schedulers if isinstance(schedulers, list) else [schedulers]:
-        s.step()
-
-
-def _as_list(obj: Any) -> list:
-    return obj if isinstance(obj, list) else [obj]
-
-
 @METHODS.register("dml")
 class DML(Method):
     """The target and its peers, each learning from the labels and from the others' predictions.
@@ -132,15 +118,8 @@ class DML(Method):
                 for k in range(len(logits))]
 
     def configure_optimizers(self, train_cfg: Any) -> Any:
-        from sskt.engine.lit import make_scheduler
-
-        optimizers, schedulers = [], []
-        for peer in self.peers:
-            opt = torch.optim.SGD(peer.parameters(), lr=train_cfg.lr, momentum=train_cfg.momentum,
-                                  weight_decay=train_cfg.weight_decay, nesterov=train_cfg.nesterov)
-            optimizers.append(opt)
-            schedulers.append(make_scheduler(opt, train_cfg))
-        return optimizers, schedulers
+        optimizers = [make_optimizer(peer.parameters(), train_cfg) for peer in self.peers]
+        return optimizers, [make_scheduler(opt, train_cfg) for opt in optimizers]
 
     def training_step(self, batch: dict[str, Tensor]) -> StepOutput:
         """Every peer's loss from one forward (for inspection; training goes through manual_step)."""
@@ -158,7 +137,7 @@ class DML(Method):
 
     def manual_step(self, batch: dict[str, Tensor], module: Any) -> StepOutput:
         images, target = batch["image"], batch["target"]
-        optimizers = _as_list(module.optimizers())
+        optimizers = as_list(module.optimizers())
         logits = self.peer_logits(images)
         first = logits[0].detach()
         per_peer: list[dict[str, Tensor]] = []
@@ -181,7 +160,6 @@ class DML(Method):
                 # their own predictions are unchanged because their weights are.
                 with torch.no_grad(), frozen_bn_statistics(peer):
                     logits[k] = peer(images)
-        step_schedulers_at_epoch_end(module)
         return StepOutput(first, {k: v.detach() for k, v in self._named(per_peer).items()})
 
     def export(self) -> NormalizedClassifier:

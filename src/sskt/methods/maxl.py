@@ -29,10 +29,11 @@ from torch.func import functional_call
 
 from sskt.errors import SSKTError
 from sskt.losses import focal_loss
+from sskt.methods._util import as_list
 from sskt.methods.base import METHODS, BuildContext, Method, StepOutput, parse_options
-from sskt.methods.dml import _as_list, step_schedulers_at_epoch_end
 from sskt.models.heads import LinearHead
 from sskt.models.target import TargetNetwork
+from sskt.optim import make_optimizer, make_scheduler
 
 OFF_BLOCK = 1e-8  # the reference's mask value outside a class's block (not 0: log and NaN safety)
 
@@ -159,12 +160,10 @@ class MAXL(Method):
 
     # -- the loop ----------------------------------------------------------------------------
     def configure_optimizers(self, train_cfg: Any) -> Any:
-        from sskt.engine.lit import make_scheduler
-
-        f_opt = torch.optim.SGD(self.multitask_parameters(), lr=train_cfg.lr, momentum=train_cfg.momentum,
-                                weight_decay=train_cfg.weight_decay, nesterov=train_cfg.nesterov)
-        g_opt = torch.optim.SGD(self.generator.parameters(), lr=self.options.generator_lr,
-                                weight_decay=self.options.generator_weight_decay)
+        f_opt = make_optimizer(self.multitask_parameters(), train_cfg)
+        # The generator's own plain SGD (no momentum), on the same schedule.
+        g_opt = make_optimizer(self.generator.parameters(), train_cfg, lr=self.options.generator_lr,
+                               weight_decay=self.options.generator_weight_decay, momentum=0, nesterov=False)
         return [f_opt, g_opt], [make_scheduler(f_opt, train_cfg), make_scheduler(g_opt, train_cfg)]
 
     def training_step(self, batch: dict[str, Tensor]) -> StepOutput:
@@ -176,7 +175,7 @@ class MAXL(Method):
 
     def manual_step(self, batch: dict[str, Tensor], module: Any) -> StepOutput:
         images, labels = batch["image"], batch["target"]
-        f_opt, g_opt = _as_list(module.optimizers())
+        f_opt, g_opt = as_list(module.optimizers())
         # 1. Multi-task step on theta1; the generated labels are constants here.
         with torch.no_grad():
             aux = self.aux_labels(images, labels)
@@ -194,7 +193,6 @@ class MAXL(Method):
         for p, g in zip(g_params, g_grads):
             p.grad = None if g is None else g.detach()
         g_opt.step()
-        step_schedulers_at_epoch_end(module)
         return StepOutput(logits.detach(), {"target": pri.detach(), "aux": aux_loss.detach(),
                                             "meta/primary": meta_pri.detach(),
                                             "meta/entropy": (self.options.entropy_weight * entropy).detach()})
