@@ -9,7 +9,8 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """Maps names to factories; unknown names fail with the list of known ones.
+    """Maps names to factories; unknown names fail with the list of known ones. ``on_register(name, obj)``,
+    if given, is called for every registration (e.g. to tell a class the name it is registered under).
 
     Example:
         >>> LOSSES = Registry("loss")
@@ -19,14 +20,17 @@ class Registry(Generic[T]):
         True
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, on_register: Callable[[str, T], None] | None = None) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._on_register = on_register
 
     def register(self, name: str) -> Callable[[T], T]:
         def add(obj: T) -> T:
             if name in self._items:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
+            if self._on_register is not None:
+                self._on_register(name, obj)
             self._items[name] = obj
             return obj
 

@@ -253,6 +253,11 @@ def test_golden_losses(name: str, stepped: Callable[[str], Stepped], task: Task)
         assert losses[key] == pytest.approx(value, rel=RTOL, abs=ATOL), f"{name}: loss {key!r}"
 
 
+def test_registration_names_the_method() -> None:
+    # @METHODS.register("x") sets cls.name = "x": the name is written once.
+    assert {name: METHODS.get(name).name for name in NAMES} == {name: name for name in NAMES}
+
+
 def test_golden_file_holds_registered_methods_only() -> None:
     stale = sorted(set(read_golden()) - set(NAMES))
     assert not stale, f"golden_losses.json has entries for unregistered methods {stale}; {RECORD_HINT}"

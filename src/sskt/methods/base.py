@@ -108,7 +108,7 @@ class Method(nn.Module):
     (a :class:`~sskt.sources.Source` decides for itself, for its legacy BatchNorm mode).
     """
 
-    name: ClassVar[str] = ""
+    name: ClassVar[str] = ""  # set by @METHODS.register("name")
     automatic_optimization: ClassVar[bool] = True
     # Whether the method has a loss that needs no label (so ``data.unlabeled`` images teach it something).
     learns_from_unlabeled: ClassVar[bool] = False
@@ -185,7 +185,15 @@ class Method(nn.Module):
         return {}
 
 
-METHODS: Registry[type[Method]] = Registry("method")
+def _set_name(name: str, cls: type[Method]) -> None:
+    """``@METHODS.register("x")`` names the class: ``cls.name == "x"`` (the name is written once)."""
+    own = cls.__dict__.get("name")
+    if own and own != name:
+        raise ValueError(f"method class {cls.__name__} is registered as {name!r} but already named {own!r}")
+    cls.name = name
+
+
+METHODS: Registry[type[Method]] = Registry("method", on_register=_set_name)
 
 
 def build_method(spec: dict, ctx: BuildContext) -> Method:

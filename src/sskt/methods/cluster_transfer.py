@@ -75,7 +75,6 @@ def cluster_for(opts: ClusterTransferOptions, ctx: BuildContext, in_chans: int):
 class ClusterTransfer(Method):
     """The target (k outputs) learns the teacher's cluster id of each training image."""
 
-    name = "cluster-transfer"
     options_class = ClusterTransferOptions
 
     def __init__(self, target: TargetNetwork, train_labels: Tensor, test_labels: Tensor | None,

@@ -87,7 +87,6 @@ class DML(Method):
         ['ce', 'kl']
     """
 
-    name = "dml"
     options_class = DMLOptions
     automatic_optimization = False
 

@@ -37,7 +37,6 @@ class FinetuneOptions:
 class Finetune(Method):
     """The target initialised from ``target.checkpoint`` and trained on the target labels."""
 
-    name = "finetune"
     options_class = FinetuneOptions
 
     def __init__(self, target: TargetNetwork, options: FinetuneOptions, multilabel: bool = False) -> None:

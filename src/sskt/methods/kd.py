@@ -63,7 +63,6 @@ class KD(Method):
         ['kd', 'target']
     """
 
-    name = "kd"
     options_class = KDOptions
     learns_from_unlabeled = True
 

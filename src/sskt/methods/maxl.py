@@ -100,7 +100,6 @@ class MAXL(Method):
         torch.Size([4, 6])
     """
 
-    name = "maxl"
     options_class = MAXLOptions
     automatic_optimization = False
 

@@ -37,7 +37,6 @@ class RotationOptions:
 class RotationPretext(Method):
     """RotNet (Gidaris et al. 2018): the target classifies 0/90/180/270-degree turns (4 classes)."""
 
-    name = "rotation"
     options_class = RotationOptions
     eval_num_classes = NUM_ROTATIONS
 
@@ -153,7 +152,6 @@ class JigsawPretext(Method):
 class Jigsaw(JigsawPretext):
     """Jigsaw puzzles (Noroozi & Favaro 2016): predict which permutation shuffled the 9 tiles."""
 
-    name = "jigsaw"
     default_replaced = 0
 
 
@@ -161,5 +159,4 @@ class Jigsaw(JigsawPretext):
 class JigsawPlusPlus(JigsawPretext):
     """Jigsaw++ (Noroozi et al. 2018): up to 2 of the 9 tiles come from another image; same label."""
 
-    name = "jigsaw++"
     default_replaced = 2

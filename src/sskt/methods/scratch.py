@@ -21,7 +21,6 @@ class ScratchOptions:
 class Scratch(Method):
     """The baseline every transfer method must beat: loss = target loss."""
 
-    name = "scratch"
     options_class = ScratchOptions
 
     def __init__(self, target: TargetNetwork, options: ScratchOptions, multilabel: bool = False) -> None:

@@ -94,7 +94,6 @@ class SSKT(Method):
         ['aux/imnet', 'target']
     """
 
-    name = "sskt"
     options_class = SSKTOptions
     learns_from_unlabeled = True
 
