@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from sskt.config import TargetConfig
 from sskt.errors import SSKTError
-from sskt.models.target import NormalizedClassifier, TargetNetwork
+from sskt.models.target import TargetNetwork
 from sskt.registry import Registry
 from sskt.validation import validate
 
@@ -103,7 +103,8 @@ def parse_options(cls: type[OptionsT], raw: dict, method: str) -> OptionsT:
 class Method(nn.Module):
     """A training method: a target network plus whatever the method adds (heads, frozen sources, peers).
 
-    Subclasses implement :meth:`training_step` and :meth:`from_config`; frozen modules listed by
+    Subclasses implement :meth:`from_config` and :meth:`training_step` (or, with
+    ``automatic_optimization = False``, :meth:`manual_step`); frozen modules listed by
     :meth:`frozen_modules` stay out of the optimiser and the checkpoints and never leave eval mode
     (a :class:`~sskt.sources.Source` decides for itself, for its legacy BatchNorm mode).
     """
@@ -176,9 +177,6 @@ class Method(nn.Module):
     def param_groups(self, train_cfg: Any) -> list[dict]:
         """Optimiser parameter groups; by default every trainable parameter at the base learning rate."""
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
-
-    def export(self) -> NormalizedClassifier:
-        return self.target.export()
 
     def extra_results(self) -> dict[str, Any]:
         """Method-specific numbers recorded next to the result (e.g. a teacher's accuracy)."""

@@ -22,7 +22,7 @@ from sskt.evaluation.scoring import evaluate_on_test
 from sskt.losses import kd_loss
 from sskt.methods._util import as_list
 from sskt.methods.base import METHODS, BuildContext, Method, StepOutput, parse_options
-from sskt.models.target import NormalizedClassifier, TargetNetwork
+from sskt.models.target import TargetNetwork
 from sskt.optim import make_optimizer, make_scheduler
 
 UPDATES = ("sequential", "simultaneous")
@@ -120,11 +120,6 @@ class DML(Method):
         optimizers = [make_optimizer(peer.parameters(), train_cfg) for peer in self.peers]
         return optimizers, [make_scheduler(opt, train_cfg) for opt in optimizers]
 
-    def training_step(self, batch: dict[str, Tensor]) -> StepOutput:
-        """Every peer's loss from one forward (for inspection; training goes through manual_step)."""
-        logits = self.peer_logits(batch["image"])
-        return StepOutput(logits[0], self._named(self.peer_losses(logits, batch["target"])))
-
     @staticmethod
     def _named(per_peer: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
         # Peer 0's CE is logged as "target" like every other method's main loss.
@@ -160,9 +155,6 @@ class DML(Method):
                 with torch.no_grad(), frozen_bn_statistics(peer):
                     logits[k] = peer(images)
         return StepOutput(first, {k: v.detach() for k, v in self._named(per_peer).items()})
-
-    def export(self) -> NormalizedClassifier:
-        return self.target.export()
 
     def extra_results(self) -> dict[str, Any]:
         # Peer 0 is the target: its accuracy is the run's "final" (the method's number), so only

@@ -165,13 +165,6 @@ class MAXL(Method):
                                weight_decay=self.options.generator_weight_decay, momentum=0, nesterov=False)
         return [f_opt, g_opt], [make_scheduler(f_opt, train_cfg), make_scheduler(g_opt, train_cfg)]
 
-    def training_step(self, batch: dict[str, Tensor]) -> StepOutput:
-        """The multi-task loss alone (for inspection; training goes through manual_step)."""
-        with torch.no_grad():
-            aux = self.aux_labels(batch["image"], batch["target"])
-        logits, pri, aux_loss = self.multitask_losses(batch["image"], batch["target"], aux)
-        return StepOutput(logits, {"target": pri, "aux": aux_loss})
-
     def manual_step(self, batch: dict[str, Tensor], module: Any) -> StepOutput:
         images, labels = batch["image"], batch["target"]
         f_opt, g_opt = as_list(module.optimizers())
