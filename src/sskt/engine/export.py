@@ -347,7 +347,7 @@ def _method_lines(config: dict) -> list[str]:
 
 
 def _accuracy_lines(ckpt: dict, config: dict, metric: str) -> list[str]:
-    from sskt.engine.run import best_by_validation
+    from sskt.engine.history import best_by_validation
 
     history = list((ckpt.get("sskt") or {}).get("history") or [])
     key = f"test_{metric}"

@@ -22,6 +22,7 @@ from sskt.config import ExperimentConfig
 from sskt.data.datasets import load_data
 from sskt.data.sampling import MixedBatchSampler, epochs_per_unlabeled_pass
 from sskt.data.tensor_dataset import ImageSplits, ImageTensorDataset, collate_batch
+from sskt.engine.history import best_by_validation
 from sskt.engine.lit import MethodModule
 from sskt.engine.loggers import build_loggers
 from sskt.engine.rundir import announce, prepare_run_dir
@@ -208,17 +209,6 @@ def fit(cfg: ExperimentConfig, callbacks: Sequence[L.Callback] = ()) -> RunResul
         atomic_json_dump(record, out_dir / "result.json")
         method.target.save(out_dir / "target.pt", classes=splits.classes)
     return RunResult(out_dir, module.metric_name, record["final"], record["best"], history, record)
-
-
-def best_by_validation(history: list[dict], metric: str) -> dict[str, Any]:
-    """``best``: the test metric at the evaluation with the best validation metric (None without a
-    validation split: picking the best test score would select on the test split), with its epoch."""
-    key = f"val_{metric}"
-    scored = [h for h in history if key in h]
-    if not scored:
-        return {"best": None, "best_epoch": None, "best_val": None}
-    top = max(scored, key=lambda h: h[key])  # the earliest of equal scores
-    return {"best": top[f"test_{metric}"], "best_epoch": top["epoch"], "best_val": top[key]}
 
 
 def learning_from_unlabeled() -> list[str]:
