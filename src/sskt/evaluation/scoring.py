@@ -1,7 +1,8 @@
 """Scoring a network on a dataset: top-1 accuracy or per-class mAP.
 
 Used by the engine (``sskt evaluate``) and by methods that report a frozen or auxiliary network's own
-accuracy (a KD teacher, SSKT's sources, DML's peers). Imports nothing above the data and metrics.
+accuracy (a KD teacher, SSKT's sources, DML's peers). Imports nothing above the data and metrics (on
+first use: importing the methods stays light).
 """
 from __future__ import annotations
 
@@ -10,9 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
-
-from sskt.data.augment import to_float
-from sskt.metrics import MultilabelMAP
 
 if TYPE_CHECKING:
     from sskt.data.tensor_dataset import ImageTensorDataset
@@ -27,6 +25,9 @@ def evaluate_model(model: nn.Module, data: ImageTensorDataset, multilabel: bool 
                    batch_size: int = 512) -> float:
     """Top-1 accuracy (%) or per-class mAP (%, ignore mask applied; :func:`sskt.metrics.classwise_map`)
     of ``model`` (images in [0, 1] -> logits) on ``data``."""
+    from sskt.data.augment import to_float
+    from sskt.metrics import MultilabelMAP
+
     model.eval()
     metric = MultilabelMAP() if multilabel else None
     correct = 0
