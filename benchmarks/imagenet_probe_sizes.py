@@ -13,7 +13,8 @@ import time
 
 import torch
 
-from sskt.data.datasets import DataConfig, load_data
+from sskt.config import DataConfig
+from sskt.data.datasets import load_data
 from sskt.evaluation.scoring import evaluate_on_test
 from sskt.sources.adapt import adapt_with_probe
 from sskt.sources.source import build_source

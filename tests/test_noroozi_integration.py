@@ -99,7 +99,7 @@ def test_linear_probe_random_vs_trained_resnet20() -> None:
     from sskt.evaluation.probes import linear_probe
     from sskt.cluster.features import extract_features
     from sskt.models.target import TargetNetwork
-    from sskt.sources.loading import extract_state_dict, read_checkpoint
+    from sskt.models.weights import extract_state_dict, read_checkpoint
 
     weights = need(CIFAR_WEIGHTS / "resnet20-12fca82f.th")
     need(CIFAR_JPEG)

@@ -48,7 +48,7 @@ def test_lite_key_mapping_covers_timm_names():
 
 
 def test_lite_key_mismatch_is_named():
-    from sskt.sources.loading import load_weights
+    from sskt.models.weights import load_weights
 
     net = create_model("efficientnet_lite0", 1000)
     state = efficientnet_lite_keys({**net.state_dict(), "_blocks.99._bn0.weight": torch.zeros(1)}, [1, 2, 2, 3, 3, 4, 1])
@@ -98,7 +98,8 @@ def test_lite_source_recognises_imagenet_photos(size):
 
 def test_lite_as_pretrained_target_and_missing_wheel(monkeypatch):
     _lite_package(0)
-    from sskt.methods.base import BuildContext, TargetConfig
+    from sskt.config import TargetConfig
+    from sskt.methods.base import BuildContext
 
     ctx = BuildContext(num_classes=10, input_shape=(3, 64, 64), multilabel=False,
                        target=TargetConfig(arch="efficientnet_lite0", pretrained=True))
@@ -275,7 +276,8 @@ def test_hf_hub_id_from_hf_cache_and_headless_source(offline):
 def test_torchvision_pretrained_target(offline):
     import torchvision
 
-    from sskt.methods.base import BuildContext, TargetConfig
+    from sskt.config import TargetConfig
+    from sskt.methods.base import BuildContext
 
     ref = torchvision.models.mobilenet_v3_small()
     _torch_hub_fake(torchvision.models.MobileNet_V3_Small_Weights.IMAGENET1K_V1.url, ref)

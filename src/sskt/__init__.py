@@ -18,7 +18,7 @@ _LAZY = {
     "ExperimentConfig": "sskt.config", "TrainConfig": "sskt.config", "DataConfig": "sskt.config",
     "TargetConfig": "sskt.config", "METHODS": "sskt.methods", "RunResult": "sskt.engine.run",
     "fit": "sskt.engine.run", "evaluate": "sskt.engine.run", "export": "sskt.engine.run",
-    "load_trained": "sskt.engine.run", "load_network": "sskt.sources.loading", "SSKTError": "sskt.errors",
+    "load_trained": "sskt.engine.run", "load_network": "sskt.models.weights", "SSKTError": "sskt.errors",
 }
 __all__ = [*_LAZY, "__version__"]
 

@@ -10,7 +10,7 @@ from sskt.config import TargetConfig, TrainConfig
 from sskt.errors import SSKTError
 from sskt.methods.base import BuildContext
 from sskt.methods.finetune import Finetune
-from sskt.sources.loading import extract_state_dict, read_checkpoint
+from sskt.models.weights import extract_state_dict, read_checkpoint
 
 CHANCE = 10.0  # ten digit classes
 

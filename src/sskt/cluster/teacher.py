@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from sskt.errors import SSKTError
 from sskt.models.target import Normalize, TargetNetwork
+from sskt.models.weights import file_digest, load_network, read_checkpoint
 
 
 def _pool(x: Tensor, spatial: int | None) -> Tensor:
@@ -118,8 +119,6 @@ def target_from_state(state: dict[str, Tensor], target_cfg: dict, what: str) -> 
 def load_target(path: str | os.PathLike) -> tuple[dict, TargetNetwork]:
     """The raw config and the trained target network of a training checkpoint, without loading its data
     or building its method (no sources, no clustering)."""
-    from sskt.sources.loading import read_checkpoint
-
     if not Path(path).is_file():
         raise SSKTError(f"checkpoint {path} not found")
     ckpt = read_checkpoint(path, trust_pickle=False)
@@ -142,8 +141,6 @@ def load_teacher(spec: str, arch: str | None = None, layer: str | None = None, s
         torch.Size([2, 324])
     """
     from sskt.models.factory import classifier_name
-    from sskt.sources.loading import file_digest, load_network, read_checkpoint
-
     if spec == "hog":
         return HOGTeacher(pixels_per_cell=hog_cell)
     if not Path(spec).is_file():

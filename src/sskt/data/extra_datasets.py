@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sskt.data.datasets import DATASETS, DataConfig, _cache_dir, _require_root, imagefolder, per_class_indices
+from sskt.config import DataConfig
+from sskt.data.datasets import DATASETS, _cache_dir, _require_root, imagefolder, per_class_indices
 from sskt.data.tensor_dataset import ImageSplits, ImageTensorDataset
 from sskt.data.moving_cifar import DEFAULT_MOTIONS, moving_cifar
 from sskt.data.video_reader import VideoReader, eval_clip_indices, resize_crop, train_clip_indices

@@ -36,8 +36,9 @@ class MethodModule(L.LightningModule):
     def __init__(self, method: Method, train_cfg: Any, crop_padding: int = 4, flip: bool = True,
                  num_classes: int = 10, multilabel: bool = False, seed: int = 0,
                  config: dict | None = None, classes: list[str] | None = None,
-                 wall_start: float | None = None) -> None:
+                 wall_start: float | None = None, input_shape: tuple[int, ...] | None = None) -> None:
         super().__init__()
+        self.input_shape = input_shape  # one example's (C, H, W) or (C, T, H, W): what an exported model takes
         self.config = config or {}  # stored in checkpoints so evaluate/export can rebuild the run
         # Every logger (hparams.yaml, TensorBoard, W&B, MLflow) gets the whole config, one dotted key each.
         self.save_hyperparameters(flatten(self.config), logger=True)

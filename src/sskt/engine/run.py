@@ -30,6 +30,7 @@ from sskt.errors import SSKTError
 from sskt.evaluation.scoring import evaluate_model
 from sskt.io import atomic_json_dump, atomic_torch_save
 from sskt.methods import BuildContext, Method, build_method
+from sskt.models.weights import read_checkpoint
 
 
 # Lightning warnings that describe sskt's design, not a problem: in-memory tensors need no workers,
@@ -170,7 +171,8 @@ def fit(cfg: ExperimentConfig, callbacks: Sequence[L.Callback] = ()) -> RunResul
         print(f"sskt: {len(splits.train)} labelled + {len(splits.unlabeled)} unlabelled training images; every "
               f"unlabelled image is seen once every {passes:.1f} epoch(s)", file=sys.stderr, flush=True)
     module = MethodModule(method, cfg.train, cfg.data.crop_padding, cfg.data.flip, splits.num_classes,
-                          splits.multilabel, cfg.seed, cfg.to_dict(), splits.classes, wall_start=started)
+                          splits.multilabel, cfg.seed, cfg.to_dict(), splits.classes, wall_start=started,
+                          input_shape=ctx.input_shape)
     train_loader, eval_loaders = loaders(cfg, splits, ctx.train_data)
     module.eval_splits = list(eval_loaders)
     trainer = make_trainer(cfg, out_dir, callbacks)
@@ -219,8 +221,6 @@ def learning_from_unlabeled() -> list[str]:
 
 def load_trained(checkpoint: str | os.PathLike, overrides: Sequence[str] = ()) -> tuple[ExperimentConfig, Method]:
     """The config and method of a training checkpoint (``last.ckpt``), weights loaded."""
-    from sskt.sources.loading import read_checkpoint
-
     ckpt = read_checkpoint(checkpoint, trust_pickle=False)
     if not isinstance(ckpt, dict) or "sskt_config" not in ckpt:
         raise SSKTError(f"{checkpoint} is not an sskt training checkpoint (no sskt_config); "

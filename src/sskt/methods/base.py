@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from sskt.config import TargetConfig
 from sskt.errors import SSKTError
 from sskt.models.target import TargetNetwork
+from sskt.models.weights import extract_state_dict, load_pretrained, load_weights, read_checkpoint
 from sskt.registry import Registry
 from sskt.validation import validate
 
@@ -48,8 +49,6 @@ class BuildContext:
         own_weights = arch is None and (t.checkpoint or t.pretrained)
         mean, std, state, what = t.mean, t.std, None, ""
         if own_weights:
-            from sskt.sources.loading import extract_state_dict, load_pretrained, read_checkpoint
-
             if t.checkpoint and t.pretrained:
                 raise SSKTError("target: set checkpoint or pretrained, not both")
             if t.pretrained:
@@ -62,8 +61,6 @@ class BuildContext:
         net = TargetNetwork(arch or t.arch, num_classes or self.num_classes, self.in_chans, mean, std,
                             t.stages if arch is None else None)
         if state is not None:
-            from sskt.sources.loading import load_weights
-
             own = net.model.state_dict()
             head = net.classifier_name
             if state.get(f"{head}.weight") is not None and state[f"{head}.weight"].shape != own[f"{head}.weight"].shape:

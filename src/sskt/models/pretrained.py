@@ -44,7 +44,7 @@ class PretrainedNetwork:
     """A network with pretrained weights and what they say about its inputs and classes.
 
     ``state_dict`` is set when the weights still have to be loaded into ``module`` (with
-    :func:`sskt.sources.loading.load_weights`, which names mismatching keys); None when the
+    :func:`sskt.models.weights.load_weights`, which names mismatching keys); None when the
     library that built ``module`` has loaded them already. ``file`` is the weights file (for
     fingerprints); ``origin`` says in words where they came from.
     """

@@ -111,7 +111,7 @@ class TargetNetwork(nn.Module):
         return NormalizedClassifier(clone, self.normalize.mean.tolist(), self.normalize.std.tolist()).eval()
 
     def save(self, path: str | os.PathLike, classes: Sequence[str] | None = None, **meta: object) -> Path:
-        """Write a self-describing model file (loadable by :func:`sskt.sources.loading.load_network`)."""
+        """Write a self-describing model file (loadable by :func:`sskt.models.weights.load_network`)."""
         from sskt.io import atomic_torch_save
 
         payload = {

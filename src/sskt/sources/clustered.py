@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from sskt.errors import SSKTError
+from sskt.models.weights import file_digest
 from sskt.sources.source import SOURCES, Source, SourceConfig
 
 
@@ -95,8 +96,6 @@ def build_clustered_source(cfg: SourceConfig, in_chans: int = 3) -> Source:
     """A :class:`Source` whose k "classes" are the clusters of a teacher's features."""
     from sskt.cluster.pipeline import Projection, cluster_images, default_cache_dir
     from sskt.cluster.teacher import load_teacher
-    from sskt.sources.loading import file_digest
-
     opts = _options(cfg)
     spec: dict[str, Any] = {"teacher": opts.teacher, "arch": opts.arch, "layer": opts.layer,
                             "spatial": opts.spatial, "hog_cell": opts.hog_cell}

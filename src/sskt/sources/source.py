@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from sskt.errors import SSKTError
 from sskt.models.spec import IMAGENET_MEAN, IMAGENET_STD
 from sskt.models.target import Normalize
+from sskt.models.weights import file_digest, load_network
 from sskt.registry import Registry
 
 NORMALISATIONS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD)}
@@ -143,8 +144,6 @@ SOURCES: Registry[SourceBuilder] = Registry("source kind")
 @SOURCES.register("model")
 def build_model_source(cfg: SourceConfig, in_chans: int = 3) -> Source:
     """A network by architecture name (registry, torchvision, ``timm:<name>``) and a local checkpoint."""
-    from sskt.sources.loading import file_digest, load_network
-
     net = load_network(cfg.arch, cfg.checkpoint, cfg.num_classes, in_chans, cfg.trust_pickle, cfg.pretrained,
                        cfg.allow_download)
     if net.num_classes < 1 or not has_classifier(net.module):

@@ -1,4 +1,6 @@
-"""Loading pretrained networks from local files, whatever shape the checkpoint comes in."""
+"""Weight files in and out of networks: reading checkpoints safely (told apart from junk), state-dict
+surgery, loading by architecture name or self-describing model file, and file digests. Every weight
+load in sskt goes through here."""
 from __future__ import annotations
 
 import hashlib
