@@ -10,8 +10,7 @@ import yaml
 from sskt.cli import main
 from sskt.experiments.compare import CompareConfig, compare
 from sskt.errors import SSKTError
-
-ROOT = Path(__file__).resolve().parents[1]
+from testutils import ROOT
 
 
 def _toy(tmp_path: Path) -> Path:

@@ -1,8 +1,6 @@
 """The fast source path (bf16 autocast + channels_last) gives the same soft labels as fp32, on real images."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,15 +8,14 @@ import torch.nn.functional as F
 from sskt.data.augment import to_float
 from sskt.sources.bank import SourceBank, bf16_supported
 from sskt.sources.source import build_source
+from testutils import CIFAR_JPEG, CIFAR_RESNETS
 
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
-CIFAR = SHARED / "datasets" / "cifar10-jpeg"
-R32 = SHARED / "weights" / "cifar10-resnets" / "resnet32-d509ac18.th"
+R32 = CIFAR_RESNETS[32]
 T = 3.0
 # Documented tolerance (docs/speed.md): batch-mean KL(fp32 || bf16) at T = 3.
 KL_TOLERANCE = 1e-3
 
-needs_shared = pytest.mark.skipif(not (CIFAR.is_dir() and R32.is_file()),
+needs_shared = pytest.mark.skipif(not (CIFAR_JPEG.is_dir() and R32.is_file()),
                                   reason="../shared (CIFAR-10 JPEG copy and CIFAR ResNet checkpoints) not present")
 
 
@@ -33,7 +30,7 @@ def real_images() -> torch.Tensor:
     from sskt.config import DataConfig
     from sskt.data.datasets import load_data
 
-    splits = load_data(DataConfig(dataset="imagefolder", root=str(CIFAR), per_class=1, test_per_class=10))
+    splits = load_data(DataConfig(dataset="imagefolder", root=str(CIFAR_JPEG), per_class=1, test_per_class=10))
     return to_float(splits.test.images)  # 100 real test images, 10 per class
 
 

@@ -62,13 +62,31 @@ def test_cifar_resnet_parameter_counts():
     assert round(counts[110] / 1e6, 1) == 1.7
 
 
-def test_export_has_main_head_only():
+def test_export_of_a_target_with_transfer_heads_is_its_main_head_alone():
+    """SSKT's transfer heads read the target's stages through hooks on its modules: the export keeps the
+    target's own weights and outputs, and none of the heads' weights or the taps' hooks."""
+    from sskt.methods.sskt import SSKT, SSKTOptions
+    from sskt.sources.source import Source
+
+    torch.manual_seed(0)
     target = TargetNetwork("cifar_resnet20", 10)
+    source = Source("s", create_model("cifar_resnet20", 100), 100, input_size=32)
+    method = SSKT(target, [source], SSKTOptions(sources=[{"name": "s"}], head="transfer"),
+                  example=torch.rand(1, 3, 32, 32))
+    x = torch.rand(4, 3, 32, 32)
+    method.train()
+    sum(method.training_step({"image": x, "target": torch.arange(4)}).losses.values()).backward()
+    assert any(k.startswith("heads.") for k in method.state_dict())  # there are heads to leave out
+    assert any(m._forward_hooks for m in target.model.modules())  # and hooks on the target's stages
+
     exported = target.export()
-    x = torch.rand(2, 3, 32, 32)
+    plain = create_model("cifar_resnet20", 10).state_dict()
+    assert set(exported.state_dict()) == {"normalize.mean", "normalize.std", *(f"model.{k}" for k in plain)}
+    own = target.model.state_dict()
+    assert all(torch.equal(v, own[k]) for k, v in exported.model.state_dict().items())
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in exported.modules())
     target.eval()
-    assert torch.allclose(exported(x), target(x))
-    assert not any("aux" in k or "heads" in k for k in exported.state_dict())
+    assert not exported.training and torch.allclose(exported(x), target(x))
 
 
 def test_main_head_mode_distils_into_the_main_head():

@@ -6,7 +6,7 @@ from sskt.errors import SSKTError
 from sskt.models.factory import create_model
 from sskt.sources import build_source, load_network
 
-from testutils import CIFAR_WEIGHTS, need
+from testutils import CIFAR_RESNETS, need
 
 
 def _same(a, b):
@@ -66,8 +66,8 @@ def test_sskt_model_file_roundtrip(tmp_path):
 
 
 def test_shared_cifar_checkpoints_load_by_name_and_file():
-    for depth, name in ((20, "resnet20-12fca82f.th"), (32, "resnet32-d509ac18.th"), (44, "resnet44-014dd654.th")):
-        net = load_network(f"cifar_resnet{depth}", need(CIFAR_WEIGHTS / name))
+    for depth, path in CIFAR_RESNETS.items():
+        net = load_network(f"cifar_resnet{depth}", need(path))
         assert net.num_classes == 10 and net.input_size == 32
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from testutils import CIFAR_JPEG, CIFAR_WEIGHTS, need, tiny_config
+from testutils import CIFAR_JPEG, CIFAR_RESNETS, need, tiny_config
 from sskt.config import DataConfig, ExperimentConfig, TargetConfig
 from sskt.data.datasets import load_data
 from sskt.methods import BuildContext, build_method
@@ -101,7 +101,7 @@ def test_linear_probe_random_vs_trained_resnet20() -> None:
     from sskt.models.target import TargetNetwork
     from sskt.models.weights import extract_state_dict, read_checkpoint
 
-    weights = need(CIFAR_WEIGHTS / "resnet20-12fca82f.th")
+    weights = need(CIFAR_RESNETS[20])
     need(CIFAR_JPEG)
     splits = load_data(DataConfig(dataset="imagefolder", root=str(CIFAR_JPEG), per_class=30, test_per_class=20))
     scores = {}

@@ -11,6 +11,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SSKT_SHARED", ROOT.parent / "shared"))
 CIFAR_JPEG = SHARED / "datasets" / "cifar10-jpeg"
 CIFAR_WEIGHTS = SHARED / "weights" / "cifar10-resnets"
+# The CIFAR-10 ResNet checkpoints in CIFAR_WEIGHTS (Idelbayev's published files), by depth.
+CIFAR_RESNETS = {20: CIFAR_WEIGHTS / "resnet20-12fca82f.th", 32: CIFAR_WEIGHTS / "resnet32-d509ac18.th",
+                 44: CIFAR_WEIGHTS / "resnet44-014dd654.th"}
+DIGITS_CHANCE = 10.0  # top-1 (%) of guessing on the ten classes of the bundled digits
 
 
 def need(path: Path) -> Path:

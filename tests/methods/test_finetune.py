@@ -11,8 +11,7 @@ from sskt.errors import SSKTError
 from sskt.methods.base import BuildContext
 from sskt.methods.finetune import Finetune
 from sskt.models.weights import extract_state_dict, read_checkpoint
-
-CHANCE = 10.0  # ten digit classes
+from testutils import DIGITS_CHANCE
 
 
 def _ctx(checkpoint: str | None) -> BuildContext:
@@ -61,4 +60,4 @@ def test_short_digits_run_beats_chance(make_config, tmp_path: Path, digits_teach
     cfg = make_config(tmp_path, {"name": "finetune", "reset_classifier": True, "backbone_lr_mult": 0.5}, epochs=2,
                       eval_every=2)
     cfg.target.checkpoint = str(digits_teacher)
-    assert fit(cfg).final > CHANCE + 5
+    assert fit(cfg).final > DIGITS_CHANCE + 5

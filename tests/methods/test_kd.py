@@ -14,10 +14,7 @@ from sskt.methods.kd import KD, KDOptions, distillation_loss
 from sskt.models.factory import create_model
 from sskt.models.target import TargetNetwork
 from sskt.sources.source import Source
-
-CHANCE = 10.0  # ten digit classes
-
-SHARED = Path(__file__).resolve().parents[3] / "shared"
+from testutils import CIFAR_RESNETS, DIGITS_CHANCE, need
 
 
 def test_loss_matches_hand_computation() -> None:
@@ -68,12 +65,10 @@ def test_options_are_validated() -> None:
         KDOptions(teacher={"arch": "x"}, alpha=1.5)
 
 
-@pytest.mark.skipif(not (SHARED / "weights" / "cifar10-resnets").is_dir(),
-                    reason="needs ../shared/weights/cifar10-resnets (the shared CIFAR-10 checkpoints)")
 def test_cifar_teacher_on_a_100_class_task_is_refused() -> None:
     ctx = BuildContext(num_classes=100, input_shape=(3, 32, 32), multilabel=False, target=TargetConfig())
-    teacher = {"arch": "cifar_resnet44", "checkpoint": str(SHARED / "weights/cifar10-resnets/resnet44-014dd654.th"),
-               "input_size": 32, "mean": "imagenet", "std": "imagenet"}
+    teacher = {"arch": "cifar_resnet44", "checkpoint": str(need(CIFAR_RESNETS[44])), "input_size": 32,
+               "mean": "imagenet", "std": "imagenet"}
     with pytest.raises(SSKTError, match="use method sskt"):
         KD.from_config({"teacher": teacher}, ctx)
 
@@ -83,8 +78,8 @@ def test_short_digits_run_beats_chance_and_records_teacher_accuracy(make_config,
 
     method = {"name": "kd", "teacher": {"arch": "cifar_resnet20", "checkpoint": str(digits_teacher), "input_size": 8}}
     result = fit(make_config(tmp_path, method))
-    assert result.final > CHANCE + 5
-    assert result.record["teacher_acc"] > CHANCE
+    assert result.final > DIGITS_CHANCE + 5
+    assert result.record["teacher_acc"] > DIGITS_CHANCE
 
 
 @pytest.mark.parametrize("target_classes, hint", [

@@ -12,9 +12,7 @@ from sskt.errors import SSKTError
 from sskt.methods.maxl import (MAXL, MAXLOptions, batch_entropy_regulariser, hierarchy_mask, mask_softmax,
                                soft_focal_loss)
 from sskt.models.target import TargetNetwork
-from testutils import FakeModule
-
-CHANCE = 10.0  # ten digit classes
+from testutils import DIGITS_CHANCE, FakeModule
 
 
 def test_mask_softmax_matches_the_reference_formula() -> None:
@@ -92,4 +90,4 @@ def test_short_digits_run_beats_chance(make_config, tmp_path: Path) -> None:
     from sskt.engine.run import fit
 
     result = fit(make_config(tmp_path, {"name": "maxl", "psi": 2}, epochs=2, eval_every=2))  # ~5x a scratch step
-    assert result.final > CHANCE + 5
+    assert result.final > DIGITS_CHANCE + 5
