@@ -243,6 +243,8 @@ def test_sskt_with_exact_cache_never_runs_sources(tmp_path):
     opts = {"sources": [{"name": "s", "arch": "cifar_resnet20", "num_classes": 10, "input_size": 8}],
             "cache": {"mode": "exact", "views": 3, "dir": str(tmp_path), "chunk": 16}}
     method = SSKT.from_config(opts, ctx)
+    assert method.cache is None  # building is cheap: the cache is prepare()'s
+    assert method.prepare(ctx)[-1].startswith("total")
     for src in method.bank.sources:  # any source forward would now fail the test
         src.network.forward = lambda *a, **k: (_ for _ in ()).throw(AssertionError("a source ran"))
     batch = data.__getitems__([0, 3, 31, 7])

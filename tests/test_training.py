@@ -165,7 +165,8 @@ def test_numbers_written_without_a_dot_are_numbers():
         ExperimentConfig.from_dict({"train": {"lr": "fast"}})
 
 
-def test_rebuilding_a_run_for_evaluation_never_builds_the_soft_label_cache(tmp_path):
+def test_building_a_method_never_builds_the_soft_label_cache(tmp_path):
+    # Building is cheap (what evaluate / export rebuild); the cache is prepare()'s, which only training calls.
     from sskt.data.datasets import load_data
     from sskt.engine.run import build_context
     from sskt.methods import build_method
@@ -174,7 +175,7 @@ def test_rebuilding_a_run_for_evaluation_never_builds_the_soft_label_cache(tmp_p
     cfg = ExperimentConfig.from_dict(tiny_config(tmp_path, method={
         "name": "sskt", "sources": [source], "cache": {"mode": "exact", "views": 2, "dir": str(tmp_path / "c")}}))
     splits = load_data(cfg.data)
-    method = build_method(cfg.method, build_context(cfg, splits, for_training=False))
+    method = build_method(cfg.method, build_context(cfg, splits))
     assert method.cache is None and not (tmp_path / "c").exists()
 
 

@@ -3,7 +3,7 @@
 Parametrised over ``METHODS.names()``: a method registered without an entry in :data:`OPTIONS` and in
 ``golden_losses.json`` fails, saying what to add. For each method, on a tiny digits task:
 
-1. ``test_golden_losses``: the method is built from :data:`OPTIONS` (seeded), then takes ONE training
+1. ``test_golden_losses``: the method is built from :data:`OPTIONS` (seeded) and prepared, then takes ONE training
    step exactly as :class:`sskt.engine.lit.MethodModule` would (``training_views``, the engine's batch
    augmentation with the run's seed, then ``training_step`` + backward, or ``manual_step`` with the
    engine's optimisers); every named loss of its ``StepOutput`` must match ``golden_losses.json``
@@ -179,6 +179,7 @@ def step(name: str, task: Task) -> Stepped:
     ctx = task.context(name)
     torch.manual_seed(BUILD_SEED)
     method = build_method({"name": name, **options_for(name)}, ctx)
+    method.prepare(ctx)  # as fit does, before training (cluster-transfer's pseudo-labels)
     optimizers = engine_optimizers(method)
     method.train()  # Lightning's fit puts the module in train mode (frozen modules stay in eval)
     frozen_before = frozen_state(method)

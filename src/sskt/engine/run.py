@@ -90,11 +90,11 @@ class RunResult:
         return self.out_dir / "checkpoints" / "last.ckpt"
 
 
-def build_context(cfg: ExperimentConfig, splits: ImageSplits, for_training: bool = True) -> BuildContext:
+def build_context(cfg: ExperimentConfig, splits: ImageSplits) -> BuildContext:
     return BuildContext(num_classes=splits.num_classes, input_shape=tuple(splits.train.images.shape[1:]),
                         multilabel=splits.multilabel, target=cfg.target, seed=cfg.seed, classes=splits.classes,
                         train_data=splits.training_set(), data=cfg.data, test_data=splits.test,
-                        for_training=for_training, val_data=splits.val)
+                        val_data=splits.val)
 
 
 def loaders(cfg: ExperimentConfig, splits: ImageSplits, train_set: ImageTensorDataset
@@ -170,6 +170,7 @@ def fit(cfg: ExperimentConfig, callbacks: Sequence[L.Callback] = ()) -> RunResul
                                            cfg.data.unlabeled_ratio)
         print(f"sskt: {len(splits.train)} labelled + {len(splits.unlabeled)} unlabelled training images; every "
               f"unlabelled image is seen once every {passes:.1f} epoch(s)", file=sys.stderr, flush=True)
+    method.prepare(ctx)  # the expensive, data-dependent part (soft-label cache, probes, clusters)
     module = MethodModule(method, cfg.train, cfg.data.crop_padding, cfg.data.flip, splits.num_classes,
                           splits.multilabel, cfg.seed, cfg.to_dict(), splits.classes, wall_start=started,
                           input_shape=ctx.input_shape)
@@ -220,7 +221,8 @@ def learning_from_unlabeled() -> list[str]:
 
 
 def load_trained(checkpoint: str | os.PathLike, overrides: Sequence[str] = ()) -> tuple[ExperimentConfig, Method]:
-    """The config and method of a training checkpoint (``last.ckpt``), weights loaded."""
+    """The config and method of a training checkpoint (``last.ckpt``), weights loaded; the method is built,
+    not prepared (no cache, probe or clustering: its ``prepare`` is for training)."""
     ckpt = read_checkpoint(checkpoint, trust_pickle=False)
     if not isinstance(ckpt, dict) or "sskt_config" not in ckpt:
         raise SSKTError(f"{checkpoint} is not an sskt training checkpoint (no sskt_config); "
@@ -228,7 +230,7 @@ def load_trained(checkpoint: str | os.PathLike, overrides: Sequence[str] = ()) -
     cfg = ExperimentConfig.from_dict(ckpt["sskt_config"]).with_overrides(overrides)
     # Rebuilding needs no unlabelled images (nothing is trained): don't decode them.
     splits = load_data(dataclasses.replace(cfg.data, unlabeled=None))
-    method = build_method(cfg.method, build_context(cfg, splits, for_training=False))
+    method = build_method(cfg.method, build_context(cfg, splits))
     state = {k[len("method."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("method.")}
     missing, unexpected = method.load_state_dict(state, strict=False)
     frozen = tuple(method.frozen_prefixes())

@@ -22,20 +22,32 @@ def evaluate_once(src: Source, data: Any) -> float | None:
     return evaluate_on_test(src, data, memo_key=key)
 
 
-def adapt_source(src: Source, ctx: BuildContext) -> dict:
-    """``adapt: probe`` for a method's source or teacher: fitted on the labelled training images (the
-    validation split picks the penalty); when a trained run is only rebuilt (evaluate, export), the
-    source just gets the adapted classifier's shape."""
-    from sskt.sources.adapt import adapt_with_probe, reshape_classifier
+def make_room_for_adaptation(src: Source, ctx: BuildContext) -> None:
+    """What building a method does for ``adapt: probe`` on its source or teacher: the source gets an
+    (untrained) classifier of the adapted shape, drawing the random numbers the fit draws (the weights
+    built after it are the same whether or not the probe is ever fitted). :func:`adapt_source`, in the
+    method's ``prepare``, fits it; a rebuilt run (evaluate, export) never does: no source runs there."""
+    from sskt.sources.adapt import make_room_for_probe, reshape_classifier
 
     if ctx.multilabel:
         raise SSKTError(f"source {src.name!r}: adapt: probe is for single-label targets")
-    if not ctx.for_training or ctx.train_data is None:
-        reshape_classifier(src, ctx.num_classes)
+    if ctx.train_data is None:
+        reshape_classifier(src, ctx.num_classes)  # nothing to fit on: the adapted shape only
+        return
+    make_room_for_probe(src, ctx.labeled_targets, ctx.val_data.targets if ctx.val_data is not None else None)
+
+
+def adapt_source(src: Source, ctx: BuildContext) -> dict:
+    """``adapt: probe`` for a method's source or teacher (in the method's ``prepare``, after
+    :func:`make_room_for_adaptation`): the probe fitted on the labelled training images (the validation
+    split picks the penalty) and written into the source's classifier. Returns what it measured."""
+    from sskt.sources.adapt import fit_probe_in_place
+
+    if ctx.train_data is None:
         return {}
     print(f"sskt: fitting a linear probe on source {src.name!r}'s features of {len(ctx.labeled_data)} labelled "
           f"images (adapt: probe)", file=sys.stderr, flush=True)
-    return adapt_with_probe(src, ctx.labeled_data, ctx.val_data)
+    return fit_probe_in_place(src, ctx.labeled_data, ctx.val_data)
 
 
 def as_list(obj: Any) -> list:

@@ -17,7 +17,7 @@ from sskt.validation import validate
 
 @dataclass
 class BuildContext:
-    """What a method needs to know about the task to build itself."""
+    """What a method needs to know about the task to build itself (and to prepare itself for training)."""
 
     num_classes: int
     input_shape: tuple[int, ...]  # one example without the batch axis: (C,H,W) or (C,T,H,W)
@@ -27,7 +27,6 @@ class BuildContext:
     classes: list[str] = field(default_factory=list)
     train_data: Any = None  # the training ImageTensorDataset (for methods that precompute over it)
     data: Any = None  # the DataConfig
-    for_training: bool = True  # False when a trained run is only rebuilt (evaluate, export): skip training-only setup
     test_data: Any = None  # the test ImageTensorDataset (for methods that report e.g. a teacher's accuracy)
     val_data: Any = None  # the validation ImageTensorDataset, if any (for selections a method makes itself)
 
@@ -38,6 +37,14 @@ class BuildContext:
         if data is None or "labeled" not in data.extras:
             return data
         return data.subset(data.extras["labeled"].nonzero().flatten())
+
+    @property
+    def labeled_targets(self) -> Any:
+        """The labels of :attr:`labeled_data`, without copying its images."""
+        data = self.train_data
+        if data is None or "labeled" not in data.extras:
+            return None if data is None else data.targets
+        return data.targets[data.extras["labeled"]]
 
     @property
     def in_chans(self) -> int:
@@ -101,7 +108,10 @@ class Method(nn.Module):
     """A training method: a target network plus whatever the method adds (heads, frozen sources, peers).
 
     Subclasses implement :meth:`from_config` and :meth:`training_step` (or, with
-    ``automatic_optimization = False``, :meth:`manual_step`); frozen modules listed by
+    ``automatic_optimization = False``, :meth:`manual_step`). Building is cheap and makes everything a
+    checkpoint's weights load into; expensive, data-dependent work only training needs (a soft-label
+    cache, a probe fitted on a source, clusters) waits for :meth:`prepare`, which the engine calls before
+    training and never when it rebuilds a trained run (evaluate, export). Frozen modules listed by
     :meth:`frozen_modules` stay out of the optimiser and the checkpoints and never leave eval mode
     (a :class:`~sskt.sources.Source` decides for itself, for its legacy BatchNorm mode).
     """
@@ -121,7 +131,23 @@ class Method(nn.Module):
 
     @classmethod
     def from_config(cls, options: dict, ctx: BuildContext) -> "Method":
+        """The method, every module and buffer a checkpoint loads into in place, no expensive work done
+        (that is :meth:`prepare`'s). Random weights are drawn from the global generator, in a fixed order."""
         raise NotImplementedError(f"{cls.__name__} must implement from_config")
+
+    def prepare(self, ctx: BuildContext) -> list[str]:
+        """Do the expensive, data-dependent work training needs and a rebuilt run does not (build or open a
+        soft-label cache, fit a probe on a source, cluster a teacher's features), for the training data of
+        ``ctx``; return lines that report it (what ``sskt cache`` prints). The engine calls it once, after
+        :meth:`from_config` and before training; it leaves the global random generator as the build left
+        it (so training draws the same numbers). By default there is nothing to do."""
+        return []
+
+    @classmethod
+    def check_cacheable(cls, options: dict) -> None:
+        """Raise a one-line SSKTError unless these options make :meth:`prepare` build an on-disk cache worth
+        building ahead of training (``sskt cache``); called before any data is read. By default there is none."""
+        raise SSKTError(f"sskt cache works on sskt experiments; this one's method is {cls.name!r}")
 
     def forward(self, images: Tensor) -> Tensor:
         """Main-head logits for a float batch in [0, 1]; what evaluation scores."""
@@ -204,6 +230,13 @@ def check_method(spec: dict) -> None:
     cls = METHODS.get(name)
     if cls.options_class is not None:
         parse_options(cls.options_class, options, name)
+
+
+def check_cacheable(spec: dict) -> None:
+    """Check that ``{"name": ..., **options}`` has a cache for ``sskt cache`` to build (see
+    :meth:`Method.check_cacheable`), without building anything."""
+    name, options = _split(spec)
+    METHODS.get(name).check_cacheable(options)
 
 
 def _split(spec: dict) -> tuple[str, dict]:

@@ -1,8 +1,9 @@
 """Cluster-based knowledge transfer (Noroozi et al. 2018): train the target on a teacher's k-means ids.
 
-The teacher (a network file at a layer, or HOG) is clustered once before training (cached on disk);
-then the target, of any architecture, is trained from scratch with cross-entropy on the cluster ids
-of its training images (k classes). Dataset labels are not used for training; when present they only
+The teacher (a network file at a layer, or HOG) is loaded when the method is built; its features are
+clustered by :meth:`ClusterTransfer.prepare`, once before training (cached on disk); then the target,
+of any architecture, is trained from scratch with cross-entropy on the cluster ids of its training
+images (k classes). Dataset labels are not used for training; when present they only
 give the clusters' NMI. Evaluation scores the pseudo-label task: the nearest-centroid cluster of
 each test image.
 """
@@ -52,17 +53,25 @@ class ClusterTransferOptions:
                 "hog_cell": self.hog_cell}
 
 
-def cluster_for(opts: ClusterTransferOptions, ctx: BuildContext, in_chans: int):
-    """Cluster ``ctx``'s training images (and assign its test images) with the options' teacher."""
-    from sskt.cluster.pipeline import cluster_images, default_cache_dir
+def cluster_teacher(opts: ClusterTransferOptions, ctx: BuildContext, in_chans: int) -> Any:
+    """The options' feature teacher (HOG, or a network file: read, not run), once ``ctx`` is checked."""
     from sskt.cluster.teacher import load_teacher
 
     if ctx.train_data is None:
         raise SSKTError("cluster-transfer needs the training images")
     if opts.k > len(ctx.train_data):
         raise SSKTError(f"k={opts.k} is more than the {len(ctx.train_data)} training images; lower method.k")
-    teacher = load_teacher(opts.teacher, opts.arch, opts.layer, opts.spatial, in_chans, opts.trust_pickle,
-                           opts.hog_cell)
+    return load_teacher(opts.teacher, opts.arch, opts.layer, opts.spatial, in_chans, opts.trust_pickle,
+                        opts.hog_cell)
+
+
+def cluster_for(opts: ClusterTransferOptions, ctx: BuildContext, in_chans: int, teacher: Any = None):
+    """Cluster ``ctx``'s training images (and assign its test images) with the options' teacher (loaded
+    here unless given)."""
+    from sskt.cluster.pipeline import cluster_images, default_cache_dir
+
+    if teacher is None:
+        teacher = cluster_teacher(opts, ctx, in_chans)
     test = ctx.test_data
     labelled = not ctx.multilabel
     return cluster_images(
@@ -73,28 +82,50 @@ def cluster_for(opts: ClusterTransferOptions, ctx: BuildContext, in_chans: int):
 
 @METHODS.register("cluster-transfer")
 class ClusterTransfer(Method):
-    """The target (k outputs) learns the teacher's cluster id of each training image."""
+    """The target (k outputs) learns the teacher's cluster id of each training image.
+
+    The pseudo-labels come from :meth:`prepare` (or are given); a rebuilt run (evaluate, export) has none."""
 
     options_class = ClusterTransferOptions
 
-    def __init__(self, target: TargetNetwork, train_labels: Tensor, test_labels: Tensor | None,
+    def __init__(self, target: TargetNetwork, train_labels: Tensor | None = None, test_labels: Tensor | None = None,
                  summary: dict[str, Any] | None = None) -> None:
         super().__init__(target)
-        # Not persistent: rebuilt (from the cache) with the method, never stored in checkpoints.
-        self.register_buffer("pseudo_train", train_labels.long(), persistent=False)
+        # Not persistent: made (from the cache) by prepare(), never stored in checkpoints.
+        self.register_buffer("pseudo_train", train_labels.long() if train_labels is not None else None,
+                             persistent=False)
         self.register_buffer("pseudo_test", test_labels.long() if test_labels is not None else None,
                              persistent=False)
         self.eval_num_classes = target.num_classes
         self.summary = summary or {}
+        self._to_cluster: tuple | None = None  # (options, teacher) until prepare() clusters
 
     @classmethod
     def from_config(cls, options: dict, ctx: BuildContext) -> "ClusterTransfer":
         opts = parse_options(ClusterTransferOptions, options, "cluster-transfer")
-        clustering = cluster_for(opts, ctx, ctx.in_chans)
-        summary = {"teacher": opts.teacher_spec(), "k": opts.k, **clustering.summary()}
-        return cls(ctx.build_target(num_classes=opts.k), clustering.train_labels, clustering.test_labels, summary)
+        teacher = cluster_teacher(opts, ctx, ctx.in_chans)  # before the target: the order random weights are drawn in
+        method = cls(ctx.build_target(num_classes=opts.k), summary={"teacher": opts.teacher_spec(), "k": opts.k})
+        method._to_cluster = (opts, teacher)
+        return method
+
+    def prepare(self, ctx: BuildContext) -> list[str]:
+        """Cluster the teacher's features of ``ctx``'s training images (or read them from the cache): the
+        pseudo-labels of the training and test images."""
+        if self._to_cluster is None:
+            return []
+        opts, teacher = self._to_cluster
+        clustering = cluster_for(opts, ctx, ctx.in_chans, teacher)
+        device = next(self.target.parameters()).device
+        self.pseudo_train = clustering.train_labels.long().to(device)
+        self.pseudo_test = clustering.test_labels.long().to(device) if clustering.test_labels is not None else None
+        self.summary = {**self.summary, **clustering.summary()}
+        self._to_cluster = None
+        return [f"{len(clustering.train_labels)} training images in {opts.k} clusters"
+                f"{' (from the cache)' if clustering.cached else ''}"]
 
     def training_step(self, batch: dict[str, Tensor]) -> StepOutput:
+        if self.pseudo_train is None:
+            raise SSKTError("cluster-transfer has no pseudo-labels to train on: call prepare(ctx) first")
         labels = self.pseudo_train[batch["index"]]
         logits = self.target(batch["image"])
         return StepOutput(logits, {"cluster": F.cross_entropy(logits, labels)}, targets=labels)

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from sskt.errors import SSKTError
 from sskt.losses import kd_loss
-from sskt.methods._util import adapt_source, evaluate_once
+from sskt.methods._util import adapt_source, evaluate_once, make_room_for_adaptation
 from sskt.methods.base import METHODS, BuildContext, Method, StepOutput, parse_options
 from sskt.models.target import TargetNetwork
 from sskt.sources.source import Source, build_source, source_config
@@ -77,6 +77,7 @@ class KD(Method):
         self.options = options
         self.teacher = teacher
         self._test_data = test_data  # kept out of the module state: only for extra_results
+        self.adapt_teacher = False  # adapt: probe: prepare() fits the teacher's probe
         self.adapted_teacher: dict = {}  # what adapt: probe measured, if the teacher was adapted
 
     @classmethod
@@ -86,8 +87,10 @@ class KD(Method):
             raise SSKTError("method kd is for single-label tasks (softmax KL); for multi-label use method sskt")
         teacher_cfg = source_config({"name": "teacher", **opts.teacher})
         teacher = build_source(teacher_cfg, ctx.in_chans)
-        adapted = adapt_source(teacher, ctx) if teacher_cfg.adapt == "probe" else {}
-        if not adapted and teacher.classes and ctx.classes and teacher.classes != list(ctx.classes):
+        adapt = teacher_cfg.adapt == "probe"
+        if adapt:
+            make_room_for_adaptation(teacher, ctx)  # the probe itself is fitted in prepare()
+        if not adapt and teacher.classes and ctx.classes and teacher.classes != list(ctx.classes):
             # Same count, other names (or order): logit i would teach the wrong class.
             same_set = sorted(teacher.classes) == sorted(ctx.classes)
             raise SSKTError(
@@ -95,8 +98,14 @@ class KD(Method):
                 f"{_short(ctx.classes)}{' (the same, in another order)' if same_set else ''}; KD needs the same "
                 f"label space in the same order; for a teacher of other classes use method sskt")
         method = cls(ctx.build_target(), teacher, opts, ctx.test_data)
-        method.adapted_teacher = adapted
+        method.adapt_teacher = adapt
         return method
+
+    def prepare(self, ctx: BuildContext) -> list[str]:
+        """With ``adapt: probe``, fit the teacher's probe on ``ctx``'s labelled training images."""
+        if self.adapt_teacher and not self.adapted_teacher:
+            self.adapted_teacher = adapt_source(self.teacher, ctx)
+        return []
 
     def frozen_modules(self) -> list[nn.Module]:
         return [self.teacher]

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from sskt.errors import SSKTError
 from sskt.losses import SOFT_LOSSES
-from sskt.methods._util import adapt_source, evaluate_once
+from sskt.methods._util import adapt_source, evaluate_once, make_room_for_adaptation
 from sskt.methods.base import METHODS, BuildContext, Method, StepOutput, parse_options, target_loss_fn
 from sskt.models.heads import LinearHead, TransferModule
 from sskt.models.target import TargetNetwork
@@ -41,7 +41,8 @@ class SSKTOptions:
     is fast at it; 3.6x faster for a ResNet-50 at 74 px on an AVX-512-bf16 CPU, soft labels within
     KL 1e-3 of fp32 at T = 3, see docs/speed.md).
     ``cache``: None (live sources) or a soft-label cache, e.g. ``{mode: exact, views: 8, topk: 10}``
-    (:class:`~sskt.sources.cache_keys.CacheSpec`); built before training, then no source runs while training.
+    (:class:`~sskt.sources.cache_keys.CacheSpec`); built (or opened) by :meth:`SSKT.prepare` before
+    training, then no source runs while training.
     """
 
     sources: list[dict] = field(default_factory=list)
@@ -121,6 +122,7 @@ class SSKT(Method):
                 {s.name: make_head(options.head, target, example, s.num_classes, options.transfer_width)
                  for s in sources})
         self.cache = None  # a SoftLabelCache once attach_cache() is called: then sources never run in training
+        self.to_adapt: list[str] = []  # sources with adapt: probe: prepare() fits their probes
         self.adapted: dict[str, dict] = {}  # what adapt: probe measured, per adapted source
         self._test_data = None  # kept out of the module state: only for extra_results
         self.view_seed = 0
@@ -130,22 +132,42 @@ class SSKT(Method):
         opts = parse_options(SSKTOptions, options, "sskt")
         cfgs = [source_config(s) for s in opts.sources]
         sources = [build_source(c, ctx.in_chans) for c in cfgs]
-        adapted: dict[str, dict] = {}
+        to_adapt: list[str] = []
         for c, src in zip(cfgs, sources):
             if c.adapt == "probe":
-                adapted[src.name] = adapt_source(src, ctx)
+                make_room_for_adaptation(src, ctx)  # the probe itself is fitted in prepare()
+                to_adapt.append(src.name)
         per_source = [(c.temperature or opts.temperature, opts.alpha if c.alpha is None else c.alpha) for c in cfgs]
         example = torch.rand(2, *ctx.input_shape)
         method = cls(ctx.build_target(), sources, opts, example, ctx.multilabel, per_source)
-        method.adapted = adapted
+        method.to_adapt = to_adapt
         method._test_data = ctx.test_data
-        if opts.cache is not None and ctx.for_training:  # evaluate/export never touch the cache
-            if ctx.train_data is None:
-                raise SSKTError("method.cache needs the training data to build the soft-label cache")
-            padding = ctx.data.crop_padding if ctx.data is not None else 4
-            flip = ctx.data.flip if ctx.data is not None else True
-            method.attach_cache(opts.cache, ctx.train_data.images, ctx.train_data.targets, padding, flip, ctx.seed)
         return method
+
+    @classmethod
+    def check_cacheable(cls, options: dict) -> None:
+        if not options.get("cache"):
+            raise SSKTError("this experiment has no method.cache; add e.g. method.cache.mode=exact (or clean)")
+
+    def prepare(self, ctx: BuildContext) -> list[str]:
+        """Fit the probes of the sources with ``adapt: probe``, then build (or resume, or check) the
+        soft-label cache, if there is one, of ``ctx``'s training images. Returns the cache's report."""
+        for src in self.bank.sources:
+            if src.name in self.to_adapt and src.name not in self.adapted:
+                laid_out = self.bank.precision != "fp32"  # the bank put the source in channels_last
+                if laid_out:  # fitted on the weights as built (as before the bank existed): the same probe
+                    src.to(memory_format=torch.contiguous_format)
+                self.adapted[src.name] = adapt_source(src, ctx)
+                if laid_out:
+                    src.to(memory_format=torch.channels_last)
+        if self.options.cache is None:
+            return []
+        if ctx.train_data is None:
+            raise SSKTError("method.cache needs the training data to build the soft-label cache")
+        padding = ctx.data.crop_padding if ctx.data is not None else 4
+        flip = ctx.data.flip if ctx.data is not None else True
+        self.attach_cache(self.options.cache, ctx.train_data.images, ctx.train_data.targets, padding, flip, ctx.seed)
+        return self.cache.report()
 
     def attach_cache(self, spec: "dict | object", images: Tensor, targets: Tensor, padding: int, flip: bool,
                      seed: int = 0, **build_options) -> None:

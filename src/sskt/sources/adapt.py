@@ -47,6 +47,9 @@ def penultimate_features(src: Source, images: Tensor, batch_size: int = 256) -> 
     return torch.cat(captured)
 
 
+PROBE_SEED = 0  # linear_probe seeds the global generator with it (torch.manual_seed) before each fit
+
+
 def adapt_with_probe(src: Source, train: Any, val: Any = None,
                      weight_decays: Sequence[float] = WEIGHT_DECAYS) -> dict[str, float]:
     """Replace ``src``'s classifier by a linear probe fitted on ``train`` (an ImageTensorDataset of
@@ -62,18 +65,80 @@ def adapt_with_probe(src: Source, train: Any, val: Any = None,
         >>> src.num_classes, src(torch.rand(2, 3, 32, 32)).shape
         (4, torch.Size([2, 4]))
     """
+    weight, bias, info = _fit_probe(src, train, val, weight_decays)
+    linear = nn.Linear(weight.shape[1], weight.shape[0])
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        linear.bias.copy_(bias)
+    linear.requires_grad_(False)
+    _set_module(src.network, classifier_name(src.network), linear.to(next(src.network.parameters()).device))
+    src.num_classes = int(train.targets.max()) + 1
+    return info
+
+
+def make_room_for_probe(src: Source, train_targets: Tensor, val_targets: Tensor | None = None) -> None:
+    """Put an untrained classifier of the shape ``adapt_with_probe(src, train, val)`` gives in place of
+    ``src``'s (labels are enough to know it), for :func:`fit_probe_in_place` to fill in later.
+
+    It draws from the global random generator exactly what that fit draws: the probe seeds the generator
+    (:data:`PROBE_SEED`) and draws two ``nn.Linear`` initialisations, its own and the folded classifier's.
+    So whatever is built next (the target network) starts from the same weights whether the probe is
+    fitted while the method is built or later, in :meth:`~sskt.methods.base.Method.prepare`.
+    """
+    if train_targets.ndim != 1:
+        raise SSKTError(f"source {src.name!r}: adapt: probe is for single-label targets")
+    name = _classifier_of(src)
+    in_features = src.network.get_submodule(name).in_features
+    scored = val_targets if val_targets is not None else train_targets[:1]  # what linear_probe is scored on
+    num_outputs = int(max(train_targets.max(), scored.max())) + 1  # linear_probe's class count
+    torch.manual_seed(PROBE_SEED)
+    nn.Linear(in_features, num_outputs)  # the probe's own classifier (linear_probe then zeroes it)
+    linear = nn.Linear(in_features, num_outputs).requires_grad_(False)  # the folded classifier
+    _set_module(src.network, name, linear.to(next(src.network.parameters()).device))
+    src.num_classes = int(train_targets.max()) + 1
+
+
+def fit_probe_in_place(src: Source, train: Any, val: Any = None,
+                       weight_decays: Sequence[float] = WEIGHT_DECAYS) -> dict[str, float]:
+    """Fit the probe :func:`make_room_for_probe` made room for and write it into that classifier: the
+    source ends up as :func:`adapt_with_probe` leaves it, and the global random generator as it was
+    (the fit's own draws happened in ``make_room_for_probe``). Returns what ``adapt_with_probe`` returns."""
+    # CUDA's generator is saved only if CUDA is up: otherwise the probe's seeding of it stays pending, as
+    # make_room_for_probe's did (the same seed), and reading its state would start CUDA here.
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        weight, bias, info = _fit_probe(src, train, val, weight_decays)
+    head = src.network.get_submodule(classifier_name(src.network))
+    if tuple(head.weight.shape) != tuple(weight.shape):
+        raise SSKTError(f"source {src.name!r}: the probe's weights are {tuple(weight.shape)} but the classifier made "
+                        f"room for them {tuple(head.weight.shape)} (make_room_for_probe saw other labels)")
+    with torch.no_grad():
+        head.weight.copy_(weight)
+        head.bias.copy_(bias)
+    return info
+
+
+def _classifier_of(src: Source) -> str:
+    try:
+        return classifier_name(src.network)
+    except SSKTError:
+        raise SSKTError(f"source {src.name!r} has no nn.Linear classifier, so adapt: probe can't replace it") from None
+
+
+def _fit_probe(src: Source, train: Any, val: Any, weight_decays: Sequence[float]
+               ) -> tuple[Tensor, Tensor, dict[str, float]]:
+    """The probe's classifier on ``src``'s penultimate features, folded into one Linear's (weight, bias),
+    and what it measured."""
     if train.targets.ndim != 1:
         raise SSKTError(f"source {src.name!r}: adapt: probe is for single-label targets")
     x = torch.cat([penultimate_features(src, train.images), penultimate_features(src, train.images.flip(-1))])
-    name = classifier_name(src.network)
     y = torch.cat([train.targets, train.targets]).long()
-    num_classes = int(train.targets.max()) + 1
     val_x = penultimate_features(src, val.images) if val is not None else None
     candidates = list(weight_decays) if val is not None else [1e-3]
     best = None
     for wd in candidates:
         res = linear_probe(x, y, val_x if val_x is not None else x[:1], val.targets if val is not None else y[:1],
-                           weight_decay=wd, max_iter=200)
+                           weight_decay=wd, max_iter=200, seed=PROBE_SEED)
         if best is None or (val is not None and res.test_top1 > best[1].test_top1):
             best = (wd, res)
     assert best is not None
@@ -81,17 +146,10 @@ def adapt_with_probe(src: Source, train: Any, val: Any = None,
     # Fold the probe's standardisation into one Linear layer: W (x - m) / s + b = (W / s) x + (b - W m / s).
     weight = probe.classifier.weight / probe.std[None, :]
     bias = probe.classifier.bias - (probe.classifier.weight * (probe.mean / probe.std)[None, :]).sum(1)
-    linear = nn.Linear(weight.shape[1], weight.shape[0])
-    with torch.no_grad():
-        linear.weight.copy_(weight)
-        linear.bias.copy_(bias)
-    linear.requires_grad_(False)
-    _set_module(src.network, name, linear.to(next(src.network.parameters()).device))
-    src.num_classes = num_classes
     info: dict[str, float] = {"weight_decay": wd, "train_images": float(len(train))}
     if val is not None:
         info["val_top1"] = round(100.0 * best[1].test_top1, 4)
-    return info
+    return weight, bias, info
 
 
 def reshape_classifier(src: Source, num_classes: int) -> None:
