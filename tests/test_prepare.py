@@ -85,7 +85,7 @@ def _colours(n: int, seed: int) -> ImageTensorDataset:
 
 
 @pytest.mark.parametrize("with_val", [False, True])
-def test_a_probe_fitted_later_is_the_same_and_draws_the_same_random_numbers(with_val):
+def test_a_probe_fitted_later_is_the_same_and_never_moves_the_random_stream(with_val):
     train, val = _colours(6, 0), (_colours(2, 1) if with_val else None)
 
     def source() -> Source:
@@ -93,19 +93,37 @@ def test_a_probe_fitted_later_is_the_same_and_draws_the_same_random_numbers(with
 
     torch.manual_seed(5)
     at_once = source()
-    info = adapt.adapt_with_probe(at_once, train, val)  # what building a method used to do
-    drawn_next = torch.rand(8)  # what the target built next draws
+    before = torch.get_rng_state()
+    info = adapt.adapt_with_probe(at_once, train, val)  # a fit during the build
+    assert torch.equal(torch.get_rng_state(), before)
 
     torch.manual_seed(5)
     later = source()
     adapt.make_room_for_probe(later, train.targets, val.targets if val is not None else None)
-    built = torch.get_rng_state()
+    assert torch.equal(torch.get_rng_state(), before)  # the build draws nothing for the probe ...
     assert adapt.fit_probe_in_place(later, train, val) == info
-    assert torch.equal(torch.get_rng_state(), built)  # prepare leaves the generator as the build left it
-    assert torch.equal(torch.rand(8), drawn_next)
+    assert torch.equal(torch.get_rng_state(), before)  # ... and neither does prepare
     assert later.num_classes == at_once.num_classes == 4
     a, b = at_once.state_dict(), later.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_target_of_a_run_with_an_adapted_source_depends_on_the_run_seed(tmp_path):
+    """Regression: the probe used to reseed the global generator (torch.manual_seed(0)), so every seed of
+    a run with ``adapt: probe`` started its target from the same weights."""
+    from sskt.engine.run import build_context
+    from sskt.data import load_data
+    from sskt.methods import build_method
+
+    def target_weights(seed: int):
+        cfg = ExperimentConfig.from_dict(tiny_config(tmp_path, seed=seed, method=_cache_method(tmp_path / "c", adapt="probe")))
+        torch.manual_seed(seed)  # as fit does (seed_everything)
+        splits = load_data(cfg.data)
+        method = build_method(cfg.method, build_context(cfg, splits))
+        return torch.cat([p.flatten() for p in method.target.parameters()])
+
+    assert not torch.equal(target_weights(0), target_weights(1))
+    assert torch.equal(target_weights(1), target_weights(1))
 
 
 def test_a_trained_run_is_rebuilt_and_evaluated_without_its_preparation(tmp_path, monkeypatch):

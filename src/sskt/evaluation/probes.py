@@ -104,7 +104,6 @@ def linear_probe(
     weight_decay: float = 1e-4,
     max_iter: int = 100,
     standardize: bool = True,
-    seed: int = 0,
 ) -> ProbeResult:
     """Multinomial logistic regression on frozen features, fitted by full-batch L-BFGS.
 
@@ -131,8 +130,8 @@ def linear_probe(
     mean = x.mean(0) if standardize else torch.zeros(x.shape[1])
     std = x.std(0).clamp_min(1e-6) if standardize else torch.ones(x.shape[1])
     xs = (x - mean) / std
-    torch.manual_seed(seed)
-    clf = nn.Linear(x.shape[1], num_classes)
+    with torch.random.fork_rng(devices=[]):  # a utility never moves the caller's random stream
+        clf = nn.Linear(x.shape[1], num_classes)
     nn.init.zeros_(clf.weight)  # convex problem: a fixed start makes the result deterministic
     nn.init.zeros_(clf.bias)
     opt = torch.optim.LBFGS(clf.parameters(), lr=1.0, max_iter=max_iter, history_size=20,

@@ -47,9 +47,6 @@ def penultimate_features(src: Source, images: Tensor, batch_size: int = 256) -> 
     return torch.cat(captured)
 
 
-PROBE_SEED = 0  # linear_probe seeds the global generator with it (torch.manual_seed) before each fit
-
-
 def adapt_with_probe(src: Source, train: Any, val: Any = None,
                      weight_decays: Sequence[float] = WEIGHT_DECAYS) -> dict[str, float]:
     """Replace ``src``'s classifier by a linear probe fitted on ``train`` (an ImageTensorDataset of
@@ -66,7 +63,8 @@ def adapt_with_probe(src: Source, train: Any, val: Any = None,
         (4, torch.Size([2, 4]))
     """
     weight, bias, info = _fit_probe(src, train, val, weight_decays)
-    linear = nn.Linear(weight.shape[1], weight.shape[0])
+    with torch.random.fork_rng(devices=[]):
+        linear = nn.Linear(weight.shape[1], weight.shape[0])
     with torch.no_grad():
         linear.weight.copy_(weight)
         linear.bias.copy_(bias)
@@ -78,12 +76,8 @@ def adapt_with_probe(src: Source, train: Any, val: Any = None,
 
 def make_room_for_probe(src: Source, train_targets: Tensor, val_targets: Tensor | None = None) -> None:
     """Put an untrained classifier of the shape ``adapt_with_probe(src, train, val)`` gives in place of
-    ``src``'s (labels are enough to know it), for :func:`fit_probe_in_place` to fill in later.
-
-    It draws from the global random generator exactly what that fit draws: the probe seeds the generator
-    (:data:`PROBE_SEED`) and draws two ``nn.Linear`` initialisations, its own and the folded classifier's.
-    So whatever is built next (the target network) starts from the same weights whether the probe is
-    fitted while the method is built or later, in :meth:`~sskt.methods.base.Method.prepare`.
+    ``src``'s (labels are enough to know it), for :func:`fit_probe_in_place` to fill in later. Draws
+    nothing from the global random generator: what is built next (the target) depends on the run's seed only.
     """
     if train_targets.ndim != 1:
         raise SSKTError(f"source {src.name!r}: adapt: probe is for single-label targets")
@@ -91,9 +85,8 @@ def make_room_for_probe(src: Source, train_targets: Tensor, val_targets: Tensor 
     in_features = src.network.get_submodule(name).in_features
     scored = val_targets if val_targets is not None else train_targets[:1]  # what linear_probe is scored on
     num_outputs = int(max(train_targets.max(), scored.max())) + 1  # linear_probe's class count
-    torch.manual_seed(PROBE_SEED)
-    nn.Linear(in_features, num_outputs)  # the probe's own classifier (linear_probe then zeroes it)
-    linear = nn.Linear(in_features, num_outputs).requires_grad_(False)  # the folded classifier
+    with torch.random.fork_rng(devices=[]):
+        linear = nn.Linear(in_features, num_outputs).requires_grad_(False)
     _set_module(src.network, name, linear.to(next(src.network.parameters()).device))
     src.num_classes = int(train_targets.max()) + 1
 
@@ -101,13 +94,8 @@ def make_room_for_probe(src: Source, train_targets: Tensor, val_targets: Tensor 
 def fit_probe_in_place(src: Source, train: Any, val: Any = None,
                        weight_decays: Sequence[float] = WEIGHT_DECAYS) -> dict[str, float]:
     """Fit the probe :func:`make_room_for_probe` made room for and write it into that classifier: the
-    source ends up as :func:`adapt_with_probe` leaves it, and the global random generator as it was
-    (the fit's own draws happened in ``make_room_for_probe``). Returns what ``adapt_with_probe`` returns."""
-    # CUDA's generator is saved only if CUDA is up: otherwise the probe's seeding of it stays pending, as
-    # make_room_for_probe's did (the same seed), and reading its state would start CUDA here.
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=devices):
-        weight, bias, info = _fit_probe(src, train, val, weight_decays)
+    source ends up as :func:`adapt_with_probe` leaves it. Returns what ``adapt_with_probe`` returns."""
+    weight, bias, info = _fit_probe(src, train, val, weight_decays)
     head = src.network.get_submodule(classifier_name(src.network))
     if tuple(head.weight.shape) != tuple(weight.shape):
         raise SSKTError(f"source {src.name!r}: the probe's weights are {tuple(weight.shape)} but the classifier made "
@@ -138,7 +126,7 @@ def _fit_probe(src: Source, train: Any, val: Any, weight_decays: Sequence[float]
     best = None
     for wd in candidates:
         res = linear_probe(x, y, val_x if val_x is not None else x[:1], val.targets if val is not None else y[:1],
-                           weight_decay=wd, max_iter=200, seed=PROBE_SEED)
+                           weight_decay=wd, max_iter=200)
         if best is None or (val is not None and res.test_top1 > best[1].test_top1):
             best = (wd, res)
     assert best is not None
