@@ -362,3 +362,12 @@ def test_tiny_fit(name: str, tmp_path: Path) -> None:
     result = fit(ExperimentConfig.from_dict(raw))
     assert math.isfinite(result.final), f"{name}: final {result.metric} is {result.final}"
     assert result.history and all(math.isfinite(h["train_loss"]) for h in result.history)
+
+
+@pytest.mark.parametrize("name", [n for n in METHODS.names() if METHODS.get(n).single_label_only])
+def test_single_label_methods_refuse_multi_label_data_in_one_place(name: str) -> None:
+    from sskt.errors import SSKTError
+
+    ctx = BuildContext(num_classes=4, input_shape=(3, 8, 8), multilabel=True, target=TargetConfig())
+    with pytest.raises(SSKTError, match=f"method {name} is for single-label tasks \\(.+\\)"):
+        build_method({"name": name}, ctx)

@@ -120,6 +120,8 @@ class Method(nn.Module):
     automatic_optimization: ClassVar[bool] = True
     # Whether the method has a loss that needs no label (so ``data.unlabeled`` images teach it something).
     learns_from_unlabeled: ClassVar[bool] = False
+    # Why the method needs single-label targets, if it does: build_method refuses multi-label data with it.
+    single_label_only: ClassVar[str] = ""
     # Classes of what evaluation_batch scores, when not the dataset's (pretext tasks, k clusters).
     eval_num_classes: int | None = None
     # The options dataclass from_config parses (with parse_options), so check_method can check them early.
@@ -220,7 +222,10 @@ METHODS: Registry[type[Method]] = Registry("method", on_register=_set_name)
 def build_method(spec: dict, ctx: BuildContext) -> Method:
     """Build a method from ``{"name": ..., **options}``."""
     name, options = _split(spec)
-    return METHODS.get(name).from_config(options, ctx)
+    cls = METHODS.get(name)
+    if ctx.multilabel and cls.single_label_only:
+        raise SSKTError(f"method {name} is for single-label tasks ({cls.single_label_only})")
+    return cls.from_config(options, ctx)
 
 
 def check_method(spec: dict) -> None:

@@ -88,6 +88,7 @@ class DML(Method):
     """
 
     options_class = DMLOptions
+    single_label_only = "softmax KL between peers"
     automatic_optimization = False
 
     def __init__(self, peers: Sequence[TargetNetwork], options: DMLOptions, test_data: Any = None) -> None:
@@ -99,8 +100,6 @@ class DML(Method):
     @classmethod
     def from_config(cls, options: dict, ctx: BuildContext) -> "DML":
         opts = parse_options(DMLOptions, options, "dml")
-        if ctx.multilabel:
-            raise SSKTError("method dml is for single-label tasks (softmax KL between peers)")
         target = ctx.build_target()
         peers = [target] + [ctx.build_target(arch=target.arch if a == "same" else a) for a in opts.peers]
         return cls(peers, opts, ctx.test_data)

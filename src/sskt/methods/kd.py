@@ -64,6 +64,7 @@ class KD(Method):
     """
 
     options_class = KDOptions
+    single_label_only = "softmax KL; for multi-label use method sskt"
     learns_from_unlabeled = True
 
     def __init__(self, target: TargetNetwork, teacher: Source, options: KDOptions, test_data: Any = None) -> None:
@@ -83,8 +84,6 @@ class KD(Method):
     @classmethod
     def from_config(cls, options: dict, ctx: BuildContext) -> "KD":
         opts = parse_options(KDOptions, options, "kd")
-        if ctx.multilabel:
-            raise SSKTError("method kd is for single-label tasks (softmax KL); for multi-label use method sskt")
         teacher_cfg = source_config({"name": "teacher", **opts.teacher})
         teacher = build_source(teacher_cfg, ctx.in_chans)
         adapt = teacher_cfg.adapt == "probe"

@@ -101,6 +101,7 @@ class MAXL(Method):
     """
 
     options_class = MAXLOptions
+    single_label_only = "its hierarchy needs one primary class"
     automatic_optimization = False
 
     def __init__(self, target: TargetNetwork, generator: TargetNetwork, options: MAXLOptions,
@@ -119,8 +120,6 @@ class MAXL(Method):
     @classmethod
     def from_config(cls, options: dict, ctx: BuildContext) -> "MAXL":
         opts = parse_options(MAXLOptions, options, "maxl")
-        if ctx.multilabel:
-            raise SSKTError("method maxl is for single-label tasks (its hierarchy needs one primary class)")
         target = ctx.build_target()
         generator = ctx.build_target(arch=opts.generator_arch or target.arch,
                                      num_classes=sum(opts.psi_list(ctx.num_classes)))
