@@ -1,5 +1,9 @@
 """Test-wide fixtures. Shared helpers live in testutils.py (a unique module name, so that the
-conftest.py of a sub-folder never shadows them)."""
+conftest.py of a sub-folder never shadows them).
+
+The tests mirror src/sskt/: those of src/sskt/<package>/<module>.py are in tests/<package>/, those of
+a top-level module (config, losses, metrics) and the architecture rules here. The folders are not
+packages (no __init__.py), so a test file's name must be unique across all of tests/."""
 from __future__ import annotations
 
 import sys
