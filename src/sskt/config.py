@@ -19,7 +19,7 @@ import yaml
 from annotated_types import Ge, Gt, Lt
 
 from sskt.errors import SSKTError
-from sskt.validation import validate
+from sskt.validation import Parsed, validate
 
 
 @dataclass
@@ -125,10 +125,10 @@ class ExperimentConfig:
     name: str = "experiment"
     seed: int = 0
     out_dir: str = "runs/experiment"
-    data: DataConfig = field(default_factory=DataConfig)
-    target: TargetConfig = field(default_factory=TargetConfig)
+    data: Annotated[DataConfig, Parsed(DataConfig)] = field(default_factory=DataConfig)
+    target: Annotated[TargetConfig, Parsed(TargetConfig)] = field(default_factory=TargetConfig)
     method: dict = field(default_factory=lambda: {"name": "scratch"})
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: Annotated[TrainConfig, Parsed(TrainConfig)] = field(default_factory=TrainConfig)
 
     @classmethod
     def from_dict(cls, raw: dict) -> "ExperimentConfig":
@@ -136,21 +136,11 @@ class ExperimentConfig:
             raise SSKTError(f"an experiment config must be a mapping of sections (name, seed, out_dir, data, target, "
                             f"method, train), got {_kind(raw)}")
         raw = expand_home(copy.deepcopy(raw))
-        sections = {"data": DataConfig, "target": TargetConfig, "train": TrainConfig}
-        top = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - top)
-        if unknown:
-            raise SSKTError(f"unknown config section(s) {unknown}; known: {sorted(top)}")
-        kwargs: dict[str, Any] = {}
-        for key, value in raw.items():
-            if key in sections:
-                kwargs[key] = _section(sections[key], {} if value is None else value, key)
-            else:
-                kwargs[key] = value
-        if not isinstance(kwargs.get("method", {"name": "scratch"}), dict):
+        if not isinstance(raw.get("method", {"name": "scratch"}), dict):
             raise SSKTError(f"method: expected a mapping with a name, e.g. method: {{name: sskt, ...}}, got "
-                            f"{_kind(kwargs['method'])}")
-        return validate(cls, kwargs)
+                            f"{_kind(raw['method'])}")
+        # An empty section (``train:`` with nothing under it) is that section's defaults.
+        return validate(cls, {k: {} if v is None and k in ("data", "target", "train") else v for k, v in raw.items()})
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: Sequence[str] = ()) -> "ExperimentConfig":
@@ -173,17 +163,6 @@ class ExperimentConfig:
 
     def with_overrides(self, overrides: Sequence[str]) -> "ExperimentConfig":
         return ExperimentConfig.from_dict(apply_overrides(self.to_dict(), overrides))
-
-
-def _section(cls: type, value: dict, name: str) -> Any:
-    if not isinstance(value, dict):
-        raise SSKTError(f"{name}: expected a mapping of its keys (a config section), got {_kind(value)}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(value) - set(fields))
-    if unknown:
-        raise SSKTError(f"unknown key(s) in {name}: {unknown}; known: {sorted(fields)}")
-    # Lax types: YAML 1.1 reads ``5e-4`` (no dot) as a string, which a float field takes as the number.
-    return validate(cls, value, name)
 
 
 def expand_home(value: Any) -> Any:

@@ -6,12 +6,17 @@ a text field is that text) and names the dotted key of each bad value:
 
     train.epochs: expected an integer, got 'abc'
 
-Ranges are declared on the fields (``Annotated[int, Ge(1)]``); other checks stay in ``__post_init__``
-(an SSKTError raised there passes through unchanged). A utility: imports nothing else of sskt but errors.
+Ranges are declared on the fields (``Annotated[int, Ge(1)]``), choices as ``Literal``; other checks stay
+in ``__post_init__`` (an SSKTError raised there passes through unchanged). Keys the dataclass does not have
+are refused, listing the known ones. A nested section (a list of sources, a cache mapping) is a field marked
+:class:`Parsed`: its own dataclass is validated the same way, and its errors name the whole dotted key
+(``method.sources.0.input_size``, ``method.cache.views``). A utility: imports nothing else of sskt but errors.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from sskt.errors import SSKTError
@@ -43,10 +48,50 @@ def validate(cls: type[T], raw: dict, prefix: str = "") -> T:
     """
     import pydantic
 
+    if isinstance(raw, Mapping):
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted((k for k in raw if k not in known), key=str)
+        if unknown:
+            where = f" in {prefix}" if prefix else ""
+            raise SSKTError(f"unknown key(s){where}: {unknown}; known: {sorted(known)}")
     try:
-        return _adapter(cls).validate_python(raw)
+        return _adapter(cls).validate_python(raw, context={"prefix": prefix})
     except pydantic.ValidationError as err:
         raise SSKTError(describe(err.errors(), prefix)) from None
+
+
+class Parsed:
+    """Marks a nested section: ``Annotated[CacheSpec | None, Parsed(cache_spec)]``. Its value (unless None)
+    is ``parse(value, key)``, ``key`` being the field's dotted key (``method.cache``); ``parse`` may be a
+    dataclass (then :func:`validate` with that prefix). ``each=True``: the value is a list, its item ``i``
+    parsed with the key ``<field>.i`` (``method.sources.0``). A bad value raises the nested parse's SSKTError.
+
+    As in :class:`sskt.methods.sskt.SSKTOptions`::
+
+        sources: Annotated[list[SourceConfig], Parsed(source_config, each=True)]
+        # method.sources.1.alpha: must be >= 0, got -1
+    """
+
+    def __init__(self, parse: Callable[[Any, str], Any] | type, each: bool = False) -> None:
+        self.parse, self.each = parse, each
+
+    def __call__(self, value: Any, key: str) -> Any:
+        if value is None:
+            return None
+        one = functools.partial(validate, self.parse) if isinstance(self.parse, type) else self.parse
+        if not self.each:
+            return one(value, key)
+        if not isinstance(value, list):
+            raise SSKTError(f"{key}: expected a list, got {_show(value)}")
+        return [one(item, f"{key}.{i}") for i, item in enumerate(value)]
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> Any:
+        from pydantic_core import core_schema
+
+        def run(value: Any, info: Any) -> Any:
+            return self(value, ".".join(p for p in ((info.context or {}).get("prefix"), info.field_name) if p))
+
+        return core_schema.with_info_plain_validator_function(run)
 
 
 @functools.cache
@@ -76,6 +121,8 @@ def dotted(loc: tuple, prefix: str = "") -> str:
 
 
 def _one(key: str, errors: list[dict]) -> str:
+    if errors[0]["type"] in ("missing", "missing_argument"):
+        return f"{key}: required, not given"
     got = _show(errors[0].get("input"))
     for e in errors:
         if e["type"] in _BOUNDS:
@@ -83,6 +130,8 @@ def _one(key: str, errors: list[dict]) -> str:
             bound = e["ctx"][name]
             bound = int(bound) if isinstance(bound, float) and bound.is_integer() else bound  # > 0, not > 0.0
             return f"{key}: must be {op} {bound}, got {got}"
+        if e["type"] == "literal_error":  # a choice (Literal["eval", "train"])
+            return f"{key}: must be {e['ctx']['expected']}, got {got}"
     expected = list(dict.fromkeys(_EXPECTED.get(e["type"], "") for e in errors))
     if "" in expected:  # a check without a phrase of ours: pydantic's own words
         msg = next(e["msg"] for e in errors if e["type"] not in _EXPECTED)

@@ -30,14 +30,17 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Annotated, Any, Sequence
 
 import yaml
+from annotated_types import Ge
 
 from sskt.config import ExperimentConfig, apply_overrides
 from sskt.engine.run import fit
 from sskt.engine.rundir import COSMETIC, config_changes, normalised
 from sskt.errors import SSKTError
+from sskt.methods.base import check_method
+from sskt.validation import Parsed, validate
 
 # Keys of result.json written by the engine itself; anything else came from method.extra_results().
 _ENGINE_KEYS = {"name", "seed", "config", "versions", "metric", "final", "best", "history", "train_seconds",
@@ -47,22 +50,36 @@ _ENGINE_KEYS = {"name", "seed", "config", "versions", "metric", "final", "best",
 
 @dataclass
 class Variant:
-    """One named method setting of a comparison."""
+    """One named method setting of a comparison: ``overrides`` of the base, as ``key=value`` lines or a
+    mapping merged into it."""
 
     name: str
     method: dict
-    overrides: Any = None
+    overrides: list[str] | dict | None = None
 
 
 @dataclass
 class CompareConfig:
-    """A comparison: a base experiment, named method variants and seeds."""
+    """A comparison: a base experiment, named method variants and seeds (a list, or a count)."""
 
     name: str = "compare"
     out_dir: str = "runs/compare"
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    base: dict = field(default_factory=dict)
-    variants: list[Variant] = field(default_factory=list)
+    seeds: list[int] | Annotated[int, Ge(1)] = field(default_factory=lambda: [0, 1, 2])
+    base: dict | None = field(default_factory=dict)
+    variants: Annotated[list[Variant], Parsed(Variant, each=True)] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # Types are checked when the file is read (from_dict); this is what they can't say.
+        self.seeds = list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+        self.base = dict(self.base or {})
+        if not self.seeds:
+            raise SSKTError("seeds: list at least one seed (or give a count)")
+        if not self.variants:
+            raise SSKTError("variants: list at least one variant")
+        names = [v.name for v in self.variants]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup or any(not n or "/" in n or n.startswith(".") for n in names):
+            raise SSKTError(f"variants: names must be unique folder names, got {names}")
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "CompareConfig":
@@ -77,32 +94,15 @@ class CompareConfig:
 
     @classmethod
     def from_dict(cls, raw: dict, where: str = "comparison") -> "CompareConfig":
-        known = {"name", "out_dir", "seeds", "base", "variants"}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise SSKTError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
-        variants = []
-        for i, v in enumerate(raw.get("variants") or []):
-            if not isinstance(v, dict) or not isinstance(v.get("method"), dict) or not v.get("name"):
-                raise SSKTError(f"{where}: variant {i} needs a name and a method mapping, e.g. "
-                                f"{{name: kd, method: {{name: kd, teacher: ...}}}}")
-            extra = sorted(set(v) - {"name", "method", "overrides"})
-            if extra:
-                raise SSKTError(f"{where}: variant {v['name']!r} has unknown key(s) {extra}; "
-                                f"known: name, method, overrides")
-            variants.append(Variant(str(v["name"]), dict(v["method"]), v.get("overrides")))
-        if not variants:
-            raise SSKTError(f"{where}: list at least one variant under variants:")
-        names = [v.name for v in variants]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup or any("/" in n or n.startswith(".") for n in names):
-            raise SSKTError(f"{where}: variant names must be unique folder names, got {names}")
-        seeds = raw.get("seeds", [0, 1, 2])
-        seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
-        if not seeds or not all(isinstance(s, int) for s in seeds):
-            raise SSKTError(f"{where}: seeds must be a list of ints (or a count), got {raw.get('seeds')!r}")
-        return cls(str(raw.get("name", "compare")), str(raw.get("out_dir", "runs/compare")), seeds,
-                   dict(raw.get("base") or {}), variants)
+        """The comparison of a mapping, each variant's method checked (:func:`check_method`); errors name
+        ``where`` (the file) and the dotted key: ``grid.yaml: variants.2.method.alpha: expected a number``."""
+        try:
+            cfg = validate(cls, raw)
+            for i, v in enumerate(cfg.variants):
+                check_method(v.method, f"variants.{i}.method")
+        except SSKTError as err:
+            raise SSKTError(f"{where}: {err}") from None
+        return cfg
 
     def run_config(self, variant: Variant, seed: int, overrides: Sequence[str] = ()) -> ExperimentConfig:
         """The experiment of one (variant, seed): base, then the variant, then command-line overrides."""

@@ -18,8 +18,7 @@ def cluster_transfer(cfg: ExperimentConfig) -> RunResult:
     cluster ids; ``cfg.method`` holds the options (teacher, layer, k, pca_dim, ...) and its name is set to
     ``cluster-transfer``. Prints the clustering's summary and where the centroids went."""
     cfg.method = {**cfg.method, "name": "cluster-transfer"}
-    opts = parse_options(ClusterTransferOptions, {k: v for k, v in cfg.method.items() if k != "name"},
-                         "cluster-transfer")
+    opts = parse_options(ClusterTransferOptions, {k: v for k, v in cfg.method.items() if k != "name"})
     splits = load_data(cfg.data)
     clustering = cluster_for(opts, build_context(cfg, splits), splits.train.images.shape[1])
     summary = clustering.summary()

@@ -1,7 +1,6 @@
 """The contract every training method follows, and the registry of methods."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Sequence, TypeVar
 
@@ -94,14 +93,11 @@ class StepOutput:
 OptionsT = TypeVar("OptionsT")
 
 
-def parse_options(cls: type[OptionsT], raw: dict, method: str) -> OptionsT:
+def parse_options(cls: type[OptionsT], raw: dict, where: str = "method") -> OptionsT:
     """Build a method's options dataclass, naming unknown keys and every value of the wrong type or out
-    of range by its config key (``method.alpha: expected a number, got 'abc'``)."""
-    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise SSKTError(f"method {method!r}: unknown option(s) {unknown}; known: {sorted(known)}")
-    return validate(cls, raw, "method")
+    of range by its dotted key under ``where`` (``method.alpha: expected a number, got 'abc'``, or for a
+    nested section, ``method.sources.0.input_size: ...``)."""
+    return validate(cls, raw, where)
 
 
 class Method(nn.Module):
@@ -228,13 +224,14 @@ def build_method(spec: dict, ctx: BuildContext) -> Method:
     return cls.from_config(options, ctx)
 
 
-def check_method(spec: dict) -> None:
-    """Check ``{"name": ..., **options}`` (name, option names, types and ranges) without building anything,
-    so that a bad option stops a run before any data is read."""
-    name, options = _split(spec)
+def check_method(spec: dict, where: str = "method") -> None:
+    """Check ``{"name": ..., **options}`` (name, option names, types and ranges, nested sections such as
+    SSKT's sources included) without building anything, so that a bad option stops a run before any data
+    is read. Errors name the dotted key under ``where``."""
+    name, options = _split(spec, where)
     cls = METHODS.get(name)
     if cls.options_class is not None:
-        parse_options(cls.options_class, options, name)
+        parse_options(cls.options_class, options, where)
 
 
 def check_cacheable(spec: dict) -> None:
@@ -244,11 +241,11 @@ def check_cacheable(spec: dict) -> None:
     METHODS.get(name).check_cacheable(options)
 
 
-def _split(spec: dict) -> tuple[str, dict]:
+def _split(spec: dict, where: str = "method") -> tuple[str, dict]:
     options = dict(spec)
     name = options.pop("name", None)
     if not name:
-        raise SSKTError("method.name is required (one of: " + ", ".join(METHODS.names()) + ")")
+        raise SSKTError(f"{where}.name is required (one of: " + ", ".join(METHODS.names()) + ")")
     return name, options
 
 

@@ -102,7 +102,7 @@ class ClusterTransfer(Method):
 
     @classmethod
     def from_config(cls, options: dict, ctx: BuildContext) -> "ClusterTransfer":
-        opts = parse_options(ClusterTransferOptions, options, "cluster-transfer")
+        opts = parse_options(ClusterTransferOptions, options)
         teacher = cluster_teacher(opts, ctx, ctx.in_chans)  # before the target: the order random weights are drawn in
         method = cls(ctx.build_target(num_classes=opts.k), summary={"teacher": opts.teacher_spec(), "k": opts.k})
         method._to_cluster = (opts, teacher)

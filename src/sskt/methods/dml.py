@@ -99,7 +99,7 @@ class DML(Method):
 
     @classmethod
     def from_config(cls, options: dict, ctx: BuildContext) -> "DML":
-        opts = parse_options(DMLOptions, options, "dml")
+        opts = parse_options(DMLOptions, options)
         target = ctx.build_target()
         peers = [target] + [ctx.build_target(arch=target.arch if a == "same" else a) for a in opts.peers]
         return cls(peers, opts, ctx.test_data)

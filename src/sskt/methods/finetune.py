@@ -49,7 +49,7 @@ class Finetune(Method):
 
     @classmethod
     def from_config(cls, options: dict, ctx: BuildContext) -> "Finetune":
-        opts = parse_options(FinetuneOptions, options, "finetune")
+        opts = parse_options(FinetuneOptions, options)
         if not ctx.target.checkpoint and not ctx.target.pretrained:
             raise SSKTError("method finetune needs target.checkpoint or target.pretrained: true (pretrained weights); "
                             "without one use method scratch")

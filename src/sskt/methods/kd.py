@@ -6,8 +6,9 @@ KD teacher: that is what SSKT's auxiliary heads are for.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +19,15 @@ from sskt.losses import kd_loss
 from sskt.methods._util import adapt_source, evaluate_once, make_room_for_adaptation
 from sskt.methods.base import METHODS, BuildContext, Method, StepOutput, parse_options
 from sskt.models.target import TargetNetwork
-from sskt.sources.source import Source, build_source, source_config
+from sskt.sources.source import Source, SourceConfig, build_source, source_config
+from sskt.validation import Parsed
+
+
+def teacher_config(raw: Any, where: str) -> SourceConfig | None:
+    """``method.teacher``: a source mapping whose ``name`` defaults to ``teacher`` (None if empty)."""
+    if isinstance(raw, Mapping):
+        return source_config({"name": "teacher", **raw}, where) if raw else None
+    return source_config(raw, where)
 
 
 @dataclass
@@ -28,7 +37,7 @@ class KDOptions:
     of the soft term; the hard CE gets 1 - alpha) default to the CRD benchmark's T = 4, alpha = 0.9.
     ``evaluate_teacher``: record the teacher's own test accuracy in result.json."""
 
-    teacher: dict = field(default_factory=dict)
+    teacher: Annotated[SourceConfig | None, Parsed(teacher_config)] = None
     temperature: float = 4.0
     alpha: float = 0.9
     evaluate_teacher: bool = True
@@ -83,8 +92,8 @@ class KD(Method):
 
     @classmethod
     def from_config(cls, options: dict, ctx: BuildContext) -> "KD":
-        opts = parse_options(KDOptions, options, "kd")
-        teacher_cfg = source_config({"name": "teacher", **opts.teacher})
+        opts = parse_options(KDOptions, options)
+        teacher_cfg = opts.teacher
         teacher = build_source(teacher_cfg, ctx.in_chans)
         adapt = teacher_cfg.adapt == "probe"
         if adapt:

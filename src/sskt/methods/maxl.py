@@ -119,7 +119,7 @@ class MAXL(Method):
 
     @classmethod
     def from_config(cls, options: dict, ctx: BuildContext) -> "MAXL":
-        opts = parse_options(MAXLOptions, options, "maxl")
+        opts = parse_options(MAXLOptions, options)
         target = ctx.build_target()
         generator = ctx.build_target(arch=opts.generator_arch or target.arch,
                                      num_classes=sum(opts.psi_list(ctx.num_classes)))

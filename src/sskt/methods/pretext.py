@@ -48,7 +48,7 @@ class RotationPretext(Method):
     def from_config(cls, options: dict, ctx: BuildContext) -> "RotationPretext":
         if ctx.input_shape[-1] != ctx.input_shape[-2]:
             raise SSKTError(f"rotation needs square images, got {ctx.input_shape[-2]}x{ctx.input_shape[-1]}")
-        return cls(ctx.build_target(num_classes=NUM_ROTATIONS), parse_options(RotationOptions, options, "rotation"))
+        return cls(ctx.build_target(num_classes=NUM_ROTATIONS), parse_options(RotationOptions, options))
 
     def training_step(self, batch: dict[str, Tensor]) -> StepOutput:
         make = rotation_batch if self.options.all_rotations else random_rotation_batch
@@ -127,7 +127,7 @@ class JigsawPretext(Method):
 
     @classmethod
     def from_config(cls, options: dict, ctx: BuildContext) -> "JigsawPretext":
-        return cls(ctx.build_target(), parse_options(JigsawOptions, options, cls.name), ctx.input_shape)
+        return cls(ctx.build_target(), parse_options(JigsawOptions, options), ctx.input_shape)
 
     def tile_logits(self, tiles: Tensor) -> Tensor:
         """Permutation logits (B, P) of puzzles (B, 9, C, t, t)."""

@@ -30,7 +30,7 @@ class Scratch(Method):
 
     @classmethod
     def from_config(cls, options: dict, ctx: BuildContext) -> "Scratch":
-        return cls(ctx.build_target(), parse_options(ScratchOptions, options, "scratch"), ctx.multilabel)
+        return cls(ctx.build_target(), parse_options(ScratchOptions, options), ctx.multilabel)
 
     def training_step(self, batch: dict[str, Tensor]) -> StepOutput:
         logits = self.target(batch["image"])

@@ -7,7 +7,7 @@ augmented view. Loss = target loss + sum over sources of alpha_s * aux_loss(head
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Annotated, Any, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -19,7 +19,9 @@ from sskt.methods.base import METHODS, BuildContext, Method, StepOutput, parse_o
 from sskt.models.heads import LinearHead, TransferModule
 from sskt.models.target import TargetNetwork
 from sskt.sources.bank import SourceBank
-from sskt.sources.source import Source, build_source, source_config
+from sskt.sources.cache_keys import CacheSpec, cache_spec
+from sskt.sources.source import Source, SourceConfig, build_source, source_config
+from sskt.validation import Parsed
 
 HEADS = ("linear", "transfer", "main")
 MAX_DEFAULT_WIDTH = 256
@@ -45,7 +47,7 @@ class SSKTOptions:
     training, then no source runs while training.
     """
 
-    sources: list[dict] = field(default_factory=list)
+    sources: Annotated[list[SourceConfig], Parsed(source_config, each=True)] = field(default_factory=list)
     head: str = "transfer"
     transfer_width: int | None = None
     aux_loss: str = "kd"
@@ -54,7 +56,7 @@ class SSKTOptions:
     temperature: float = 3.0
     alpha: float = 0.1
     source_precision: str = "auto"
-    cache: dict | None = None
+    cache: Annotated[CacheSpec | None, Parsed(cache_spec)] = None
 
     def __post_init__(self) -> None:
         if not self.sources:
@@ -66,9 +68,6 @@ class SSKTOptions:
         if self.alpha < 0:
             raise SSKTError(f"alpha must be >= 0, got {self.alpha}")
         SOFT_LOSSES.get(self.aux_loss)
-        from sskt.sources.cache_keys import cache_spec
-
-        cache_spec(self.cache)  # bad cache options fail here, before any source is loaded
 
 
 def make_head(kind: str, target: TargetNetwork, example: Tensor, num_classes: int, width: int | None) -> nn.Module:
@@ -129,8 +128,8 @@ class SSKT(Method):
 
     @classmethod
     def from_config(cls, options: dict, ctx: BuildContext) -> "SSKT":
-        opts = parse_options(SSKTOptions, options, "sskt")
-        cfgs = [source_config(s) for s in opts.sources]
+        opts = parse_options(SSKTOptions, options)
+        cfgs = opts.sources
         sources = [build_source(c, ctx.in_chans) for c in cfgs]
         to_adapt: list[str] = []
         for c, src in zip(cfgs, sources):
@@ -169,11 +168,10 @@ class SSKT(Method):
         self.attach_cache(self.options.cache, ctx.train_data.images, ctx.train_data.targets, padding, flip, ctx.seed)
         return self.cache.report()
 
-    def attach_cache(self, spec: "dict | object", images: Tensor, targets: Tensor, padding: int, flip: bool,
+    def attach_cache(self, spec: "dict | CacheSpec", images: Tensor, targets: Tensor, padding: int, flip: bool,
                      seed: int = 0, **build_options) -> None:
         """Open (building or resuming if needed) the soft-label cache of these training images."""
         from sskt.sources.cache import SoftLabelCache
-        from sskt.sources.cache_keys import cache_spec
 
         temperatures = {s.name: t for s, (t, _) in zip(self.bank.sources, self.weights)}
         self.cache = SoftLabelCache.open_or_build(self.bank, images, targets, cache_spec(spec), temperatures,

@@ -23,7 +23,6 @@ from sskt.evaluation.probes import linear_probe
 from sskt.models.factory import classifier_name
 from sskt.sources.source import Source
 
-ADAPT_MODES = ("none", "probe")
 WEIGHT_DECAYS = (1e-3, 1e-2, 1e-1, 0.3, 1.0)  # L2 penalties tried when a validation split can choose
 
 

@@ -6,18 +6,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Annotated, Literal, Mapping
 
 import torch
+from annotated_types import Ge
 from torch import Tensor, nn
 
 from sskt.errors import SSKTError
 from sskt.sources.cache_file import FORMAT_VERSION
 from sskt.sources.source import Source
-
-MODES = ("exact", "clean")
+from sskt.validation import validate
 
 
 @dataclass
@@ -34,21 +34,17 @@ class CacheSpec:
     sources (0: off); a disagreement stops the run (a key that missed something would show here).
     """
 
-    mode: str = "exact"
-    views: int = 8
-    topk: int = 10
+    # Types, ranges and choices are checked when the mapping is read (cache_spec).
+    mode: Literal["exact", "clean"] = "exact"
+    views: Annotated[int, Ge(1)] = 8
+    topk: Annotated[int, Ge(1)] = 10
     dir: str | None = None
     seed: int = 0
-    chunk: int = 512
-    batch_size: int = 256
-    verify: int = 8
+    chunk: Annotated[int, Ge(1)] = 512
+    batch_size: Annotated[int, Ge(1)] = 256
+    verify: Annotated[int, Ge(0)] = 8
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise SSKTError(f"cache.mode must be one of {MODES}, got {self.mode!r}")
-        if self.views < 1 or self.topk < 1 or self.chunk < 1 or self.batch_size < 1:
-            raise SSKTError(f"cache.views, topk, chunk and batch_size must be >= 1, got {self.views}, "
-                            f"{self.topk}, {self.chunk}, {self.batch_size}")
         if self.mode == "clean":
             self.views = 1
 
@@ -60,20 +56,10 @@ class CacheSpec:
         return base / "soft-labels"
 
 
-def cache_spec(raw: Mapping | CacheSpec | None) -> CacheSpec | None:
-    """A :class:`CacheSpec` from the YAML mapping (None: no cache), naming unknown keys."""
-    if raw is None or isinstance(raw, CacheSpec):
-        return raw
-    if not isinstance(raw, Mapping):
-        raise SSKTError(f"cache must be a mapping such as {{mode: exact, views: 8}}, got {raw!r}")
-    known = {f.name for f in fields(CacheSpec)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise SSKTError(f"unknown cache option(s) {unknown}; known: {sorted(known)}")
-    try:
-        return CacheSpec(**raw)
-    except TypeError as err:
-        raise SSKTError(f"cache: {err}") from None
+def cache_spec(raw: Mapping | CacheSpec | None, where: str = "cache") -> CacheSpec | None:
+    """A :class:`CacheSpec` from the YAML mapping (None: no cache); errors name the dotted key under
+    ``where`` (``method.cache.views: must be >= 1, got 0``)."""
+    return raw if raw is None else validate(CacheSpec, raw, where)
 
 
 def _hash_tensor(h: "hashlib._Hash", t: Tensor) -> None:

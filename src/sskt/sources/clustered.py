@@ -25,21 +25,26 @@ Config (``kind: clustered``; the centroids come from a file or are fitted here):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from annotated_types import Gt
 from torch import Tensor, nn
 
+from sskt.config import DataConfig
 from sskt.errors import SSKTError
 from sskt.models.weights import file_digest
-from sskt.sources.source import SOURCES, Source, SourceConfig
+from sskt.sources.source import SOURCE_OPTIONS, SOURCES, Source, SourceConfig
+from sskt.validation import Parsed
 
 
+@SOURCE_OPTIONS.register("clustered")
 @dataclass
 class ClusteredOptions:
-    """``options`` of a ``clustered`` source (see the module docstring)."""
+    """``options`` of a ``clustered`` source (see the module docstring); ``data``: a data section
+    (:class:`~sskt.config.DataConfig`) of the images to fit k-means on."""
 
     centroids: str | None = None
     teacher: str | None = None
@@ -48,17 +53,16 @@ class ClusteredOptions:
     spatial: int | None = None
     hog_cell: int = 8
     k: int | None = None
-    data: dict = field(default_factory=dict)
+    data: Annotated[DataConfig | None, Parsed(DataConfig)] = None
     pca_dim: int | None = None
     seed: int = 0
     niter: int = 50
-    temperature: float = 0.1
+    temperature: Annotated[float, Gt(0)] = 0.1
     cache_dir: str | None = None
 
     def __post_init__(self) -> None:
-        if self.temperature <= 0:
-            raise SSKTError(f"clustered source: options.temperature must be > 0, got {self.temperature}")
-        if self.centroids is None and (self.teacher is None or self.k is None or not self.data):
+        # Types and ranges are checked when the config is read (sskt.validation); this is what they can't say.
+        if self.centroids is None and (self.teacher is None or self.k is None or self.data is None):
             raise SSKTError("clustered source: give options.centroids (a file), or options.teacher, k and data")
 
 
@@ -81,22 +85,12 @@ class ClusterHead(nn.Module):
             return centroid_logits(f, self.centroids) / self.temperature
 
 
-def _options(cfg: SourceConfig) -> ClusteredOptions:
-    import dataclasses
-
-    known = {f.name for f in dataclasses.fields(ClusteredOptions)}
-    unknown = sorted(set(cfg.options) - known)
-    if unknown:
-        raise SSKTError(f"source {cfg.name!r}: unknown option(s) {unknown}; known: {sorted(known)}")
-    return ClusteredOptions(**cfg.options)
-
-
 @SOURCES.register("clustered")
 def build_clustered_source(cfg: SourceConfig, in_chans: int = 3) -> Source:
     """A :class:`Source` whose k "classes" are the clusters of a teacher's features."""
     from sskt.cluster.pipeline import Projection, cluster_images, default_cache_dir
     from sskt.cluster.teacher import load_teacher
-    opts = _options(cfg)
+    opts: ClusteredOptions = cfg.options  # read by source_config
     spec: dict[str, Any] = {"teacher": opts.teacher, "arch": opts.arch, "layer": opts.layer,
                             "spatial": opts.spatial, "hog_cell": opts.hog_cell}
     if opts.centroids is not None:
@@ -112,16 +106,11 @@ def build_clustered_source(cfg: SourceConfig, in_chans: int = 3) -> Source:
         centroids, projection = saved["centroids"], Projection.from_state(saved["projection"])
         fingerprint = file_digest(path)[:16]
     else:
-        from sskt.config import DataConfig
         from sskt.data.datasets import load_data
 
         teacher = load_teacher(opts.teacher or "", opts.arch, opts.layer, opts.spatial, in_chans, cfg.trust_pickle,
                                opts.hog_cell)
-        try:
-            data = DataConfig(**opts.data)
-        except TypeError as err:
-            raise SSKTError(f"source {cfg.name!r}: options.data: {err}") from None
-        images = load_data(data).train.images
+        images = load_data(opts.data).train.images
         clustering = cluster_images(teacher, images, int(opts.k or 0), pca_dim=opts.pca_dim, seed=opts.seed,
                                     niter=opts.niter, cache_dir=opts.cache_dir or default_cache_dir())
         centroids, projection = clustering.centroids, clustering.projection

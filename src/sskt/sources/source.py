@@ -1,10 +1,13 @@
 """Frozen source networks: their own input size, normalisation and label space."""
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Annotated, Any, Callable, Literal, Sequence
 
 import torch.nn.functional as F
+from annotated_types import Ge, Gt
 from torch import Tensor, nn
 
 from sskt.errors import SSKTError
@@ -12,13 +15,14 @@ from sskt.models.spec import IMAGENET_MEAN, IMAGENET_STD
 from sskt.models.target import Normalize
 from sskt.models.weights import file_digest, load_network
 from sskt.registry import Registry
+from sskt.validation import validate
 
 NORMALISATIONS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD)}
 
 
 @dataclass
 class SourceConfig:
-    """One source network as written in a config file.
+    """One source network as written in a config file (read with :func:`source_config`).
 
     ``input_size`` (pixels, square) or ``input_scale`` (a factor; the reference uses 7/3, so 32 px
     becomes 74 px) sets what the source sees; by default its architecture's natural size.
@@ -29,6 +33,7 @@ class SourceConfig:
     reference code's BatchNorm drift (batch-dependent outputs); ``eval`` is correct.
     ``adapt: probe`` replaces the source's classifier by a linear probe fitted on the target's labelled
     images (:mod:`sskt.sources.adapt`): the source then teaches in the target's label space.
+    ``options``: the settings of its ``kind``, read into that kind's dataclass (:data:`SOURCE_OPTIONS`).
     """
 
     name: str
@@ -39,36 +44,23 @@ class SourceConfig:
     allow_download: bool = False  # pretrained weights not in a local cache may be downloaded
     num_classes: int | None = None
     trust_pickle: bool = False
-    input_size: int | None = None
-    input_scale: float | None = None
-    mean: Any = None
-    std: Any = None
-    temperature: float | None = None
-    alpha: float | None = None
-    bn_mode: str = "eval"
+    # Types, ranges and choices are checked when the config is read (sskt.validation).
+    input_size: Annotated[int, Ge(1)] | None = None
+    input_scale: Annotated[float, Gt(0)] | None = None
+    mean: list[float] | str | None = None
+    std: list[float] | str | None = None
+    temperature: Annotated[float, Gt(0)] | None = None
+    alpha: Annotated[float, Ge(0)] | None = None
+    bn_mode: Literal["eval", "train"] = "eval"
     frames: str = "centre"  # video targets: "centre" frame or "mean<N>" over N frames
-    adapt: str = "none"  # "probe": classifier replaced by a linear probe on the target's labels (sources/adapt.py)
-    options: dict = field(default_factory=dict)  # kind-specific settings
-
-    def __post_init__(self) -> None:
-        if self.temperature is not None and self.temperature <= 0:
-            raise SSKTError(f"source {self.name!r}: temperature must be > 0, got {self.temperature}")
-        if self.alpha is not None and self.alpha < 0:
-            raise SSKTError(f"source {self.name!r}: alpha must be >= 0, got {self.alpha}")
-        if self.bn_mode not in ("eval", "train"):
-            raise SSKTError(f"source {self.name!r}: bn_mode must be 'eval' or 'train', got {self.bn_mode!r}")
-        if self.input_size is not None and self.input_scale is not None:
-            raise SSKTError(f"source {self.name!r}: set input_size or input_scale, not both")
-        if self.adapt not in ("none", "probe"):
-            raise SSKTError(f"source {self.name!r}: adapt must be 'none' or 'probe', got {self.adapt!r}")
+    adapt: Literal["none", "probe"] = "none"  # "probe": classifier replaced by a linear probe (sources/adapt.py)
+    options: Any = field(default_factory=dict)  # kind-specific settings: the kind's options dataclass, once read
 
 
-def _stats(value: Any, default: Sequence[float] | None, name: str, what: str) -> tuple[float, ...] | None:
+def _stats(value: Any, default: Sequence[float] | None, what: str) -> tuple[float, ...] | None:
     if value is None:
         return tuple(default) if default is not None else None
-    if isinstance(value, str):
-        if value not in NORMALISATIONS:
-            raise SSKTError(f"source {name!r}: unknown {what} preset {value!r}; use a list or 'imagenet'")
+    if isinstance(value, str):  # a preset, checked by source_config
         return NORMALISATIONS[value][0 if what == "mean" else 1]
     return tuple(float(v) for v in value)
 
@@ -139,6 +131,28 @@ class Source(nn.Module):
 
 SourceBuilder = Callable[[SourceConfig, int], Source]
 SOURCES: Registry[SourceBuilder] = Registry("source kind")
+# The dataclass of a kind's ``options``, registered next to its builder; a kind not registered here takes none.
+SOURCE_OPTIONS: Registry[type] = Registry("source kind with options")
+
+
+def source_config(raw: Mapping | SourceConfig, where: str = "source") -> SourceConfig:
+    """A :class:`SourceConfig` from a YAML mapping, its ``options`` read into its kind's dataclass. Errors
+    name the dotted key under ``where``: ``method.sources.0.input_size: expected an integer, got 'big'``."""
+    cfg = validate(SourceConfig, raw, where)
+    try:
+        SOURCES.get(cfg.kind)
+    except SSKTError as err:
+        raise SSKTError(f"{where}.kind: {err}") from None
+    if cfg.input_size is not None and cfg.input_scale is not None:
+        raise SSKTError(f"{where}: set input_size or input_scale, not both")
+    for what, value in (("mean", cfg.mean), ("std", cfg.std)):
+        if isinstance(value, str) and value not in NORMALISATIONS:
+            raise SSKTError(f"{where}.{what}: unknown preset {value!r}; use a list or 'imagenet'")
+    if cfg.kind not in SOURCE_OPTIONS:
+        if cfg.options:
+            raise SSKTError(f"{where}.options: source kind {cfg.kind!r} has no options, got {cfg.options!r}")
+        return cfg
+    return dataclasses.replace(cfg, options=validate(SOURCE_OPTIONS.get(cfg.kind), cfg.options, f"{where}.options"))
 
 
 @SOURCES.register("model")
@@ -150,8 +164,8 @@ def build_model_source(cfg: SourceConfig, in_chans: int = 3) -> Source:
         raise SSKTError(f"source {cfg.name!r} has no classifier ({cfg.arch or cfg.checkpoint} gives features, not class "
                         f"logits); SSKT's auxiliary task needs logits: use weights with their classifier, or "
                         f"kind: clustered for a feature extractor")
-    mean = _stats(cfg.mean, net.mean, cfg.name, "mean")
-    std = _stats(cfg.std, net.std, cfg.name, "std")
+    mean = _stats(cfg.mean, net.mean, "mean")
+    std = _stats(cfg.std, net.std, "std")
     if mean is None or std is None:
         raise SSKTError(f"source {cfg.name!r}: normalisation unknown for this checkpoint; set mean and std")
     input_size = cfg.input_size
@@ -175,19 +189,5 @@ def has_classifier(module: nn.Module) -> bool:
 
 def build_source(cfg: SourceConfig | dict, in_chans: int = 3) -> Source:
     """Build a source of any registered kind from its config."""
-    if isinstance(cfg, dict):
-        cfg = source_config(cfg)
+    cfg = source_config(cfg)
     return SOURCES.get(cfg.kind)(cfg, in_chans)
-
-
-def source_config(raw: dict) -> SourceConfig:
-    """A :class:`SourceConfig` from a YAML mapping, with a clear error for unknown keys."""
-    import dataclasses
-
-    known = {f.name for f in dataclasses.fields(SourceConfig)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise SSKTError(f"source {raw.get('name', '?')!r}: unknown option(s) {unknown}; known: {sorted(known)}")
-    if "name" not in raw:
-        raise SSKTError("every source needs a name (used in logs as aux/<name>)")
-    return SourceConfig(**raw)
