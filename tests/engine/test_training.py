@@ -109,8 +109,8 @@ def test_bad_inputs_give_one_clear_line(tmp_path, capsys):
 
     assert "data root" in _cli_error(tmp_path, capsys, tiny_config(
         tmp_path, data={"dataset": "imagefolder", "root": str(tmp_path / "missing")}))
-    assert "alpha must be >= 0" in _cli_error(tmp_path, capsys, tiny_config(tmp_path, method=sskt(alpha=-1)))
-    assert "temperature must be > 0" in _cli_error(tmp_path, capsys, tiny_config(tmp_path, method=sskt(temperature=0)))
+    assert "method.sources.0.alpha: must be >= 0, got -1" in _cli_error(tmp_path, capsys, tiny_config(tmp_path, method=sskt(alpha=-1)))
+    assert "method.sources.0.temperature: must be > 0, got 0" in _cli_error(tmp_path, capsys, tiny_config(tmp_path, method=sskt(temperature=0)))
     assert "fewer than the 100 per class" in _cli_error(tmp_path, capsys, tiny_config(tmp_path, data={"per_class": 100}))
     assert "unknown key(s) in train: ['epoch']" in _cli_error(tmp_path, capsys, tiny_config(tmp_path), "train.epoch=3")
 

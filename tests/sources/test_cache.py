@@ -61,7 +61,7 @@ def test_key_changes_with_weights_input_size_normalisation_and_settings():
 
 
 def test_bad_options_and_uncacheable_sources_fail_in_one_line():
-    with pytest.raises(SSKTError, match="unknown cache option"):
+    with pytest.raises(SSKTError, match=r"unknown key\(s\) in cache: \['k'\]"):
         cache_spec({"mode": "exact", "k": 3})
     with pytest.raises(SSKTError, match="cache.mode"):
         cache_spec({"mode": "fuzzy"})
