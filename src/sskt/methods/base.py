@@ -172,13 +172,11 @@ class Method(nn.Module):
 
     def train(self, mode: bool = True) -> "Method":
         super().train(mode)
-        from sskt.sources.source import Source
-
         for m in self.frozen_modules():
             m.train(False)
             for sub in m.modules():
-                if isinstance(sub, Source):
-                    sub.train(mode)  # a Source stays in eval unless its legacy bn_mode says otherwise
+                if getattr(sub, "decides_own_train_mode", False):
+                    sub.train(mode)  # e.g. a Source: eval unless its legacy bn_mode says otherwise
         return self
 
     def frozen_prefixes(self) -> list[str]:

@@ -79,6 +79,9 @@ class Source(nn.Module):
         torch.Size([2, 10])
     """
 
+    # Frozen inside a method, but it applies its own bn_mode when the method is put in train mode.
+    decides_own_train_mode = True
+
     def __init__(
         self,
         name: str,
