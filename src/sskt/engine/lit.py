@@ -11,6 +11,7 @@ import torchmetrics
 from torch import Tensor
 
 from sskt.data.augment import BatchAugment, to_float
+from sskt.engine.export import target_record
 from sskt.engine.rundir import flatten
 from sskt.errors import SSKTError
 from sskt.methods.base import Method, labeled_rows
@@ -191,9 +192,8 @@ class MethodModule(L.LightningModule):
         checkpoint["sskt_config"] = self.config
         checkpoint["sskt"] = {"history": self.history, "train_seconds": self.train_seconds,
                               "wall_seconds": self.wall_seconds()}
-        from sskt.engine.export import target_record  # what `sskt export` reads: no data or sources needed
 
-        checkpoint["sskt"]["target"] = target_record(self)
+        checkpoint["sskt"]["target"] = target_record(self)  # what `sskt export` reads: no data or sources needed
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("sskt", {})

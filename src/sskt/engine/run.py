@@ -22,6 +22,7 @@ from sskt.config import ExperimentConfig
 from sskt.data.datasets import load_data
 from sskt.data.sampling import MixedBatchSampler, epochs_per_unlabeled_pass
 from sskt.data.tensor_dataset import ImageSplits, ImageTensorDataset, collate_batch
+from sskt.engine.export import export as export_target
 from sskt.engine.history import best_by_validation
 from sskt.engine.lit import MethodModule
 from sskt.engine.loggers import build_loggers
@@ -29,7 +30,7 @@ from sskt.engine.rundir import announce, prepare_run_dir
 from sskt.errors import SSKTError
 from sskt.evaluation.scoring import evaluate_model
 from sskt.io import atomic_json_dump, atomic_torch_save
-from sskt.methods import BuildContext, Method, build_method
+from sskt.methods import BuildContext, METHODS, Method, build_method
 from sskt.models.weights import read_checkpoint
 
 
@@ -215,8 +216,6 @@ def fit(cfg: ExperimentConfig, callbacks: Sequence[L.Callback] = ()) -> RunResul
 
 
 def learning_from_unlabeled() -> list[str]:
-    from sskt.methods import METHODS
-
     return [n for n in METHODS.names() if METHODS.get(n).learns_from_unlabeled]
 
 
@@ -252,6 +251,4 @@ def evaluate(checkpoint: str | os.PathLike, overrides: Sequence[str] = ()) -> di
 def export(checkpoint: str | os.PathLike, path: str | os.PathLike, format: str | None = None) -> Path:
     """Write the target alone (main head, no auxiliary heads, no sources; an sskt model file by default)
     and its model card (``<path>.md``); needs neither the data nor the sources. See :mod:`sskt.engine.export`."""
-    from sskt.engine.export import export as export_target
-
     return export_target(checkpoint, path, format).path

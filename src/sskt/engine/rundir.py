@@ -15,7 +15,9 @@ from typing import Any
 
 import yaml
 
+from sskt.config import ExperimentConfig
 from sskt.errors import SSKTError
+from sskt.io import atomic_text_write
 
 # Keys that change how a run is shown or stored, never what it computes.
 COSMETIC = frozenset({
@@ -83,8 +85,6 @@ def _stored_config(out_dir: Path) -> tuple[dict | None, str]:
 
 def normalised(raw: dict) -> dict:
     """A stored config with today's defaults filled in (so a key added since is not a change)."""
-    from sskt.config import ExperimentConfig
-
     try:
         return ExperimentConfig.from_dict(raw).to_dict()
     except SSKTError:
@@ -133,8 +133,6 @@ def prepare_run_dir(config: dict, out_dir: Path, resume: bool) -> str | None:
         if continued:
             note = "continuing the run in {} with changed {}".format(
                 out_dir, ", ".join(f"{k} ({_show(a)} -> {_show(b)})" for k, (a, b) in continued.items()))
-    from sskt.io import atomic_text_write
-
     atomic_text_write(yaml.safe_dump(config, sort_keys=False), out_dir / CONFIG_FILE)
     return note
 
