@@ -61,16 +61,16 @@ def test_scores_match_the_functions_on_the_same_outputs(tmp_path: Path, trained_
     from sskt.config import ExperimentConfig
     from sskt.data.datasets import load_data
     from sskt.evaluation.transferability import leep, logme, nce
-    from sskt.experiments.rank_sources import rank_sources, source_outputs
+    from sskt.experiments.rank_sources import rank_sources
     from sskt.sources import build_source
-    from sskt.sources.adapt import penultimate_features
+    from sskt.sources.adapt import features_and_logits, penultimate_features
 
     entry = {"name": "trained", "arch": "cifar_resnet20", "checkpoint": str(trained_source), "input_size": 8}
     cfg = ExperimentConfig.from_yaml(str(_config(tmp_path, [entry])))
     [score] = rank_sources(cfg)
     train = load_data(cfg.data).train
     src = build_source(entry, 3)
-    features, logits = source_outputs(src, train.images)
+    features, logits = features_and_logits(src, train.images)
     assert torch.allclose(features, penultimate_features(src, train.images), atol=1e-5)
     probs = torch.softmax(logits.double(), 1)
     assert score.logme == pytest.approx(logme(features, train.targets), abs=1e-6)

@@ -19,12 +19,11 @@ import torch
 from torch import Tensor
 
 from sskt.config import ExperimentConfig
-from sskt.data.augment import to_float
 from sskt.data.datasets import load_data
 from sskt.errors import SSKTError
 from sskt.evaluation.transferability import leep, logme, nce
 from sskt.io import atomic_json_dump, atomic_text_write
-from sskt.models.factory import classifier_name
+from sskt.sources.adapt import features_and_logits
 from sskt.sources.source import Source, build_source
 
 SORT_KEY = "logme"
@@ -47,33 +46,11 @@ class SourceScore:
     seconds: float
 
 
-@torch.no_grad()
-def source_outputs(src: Source, images: Tensor, batch_size: int = 256,
-                   device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
-    """One frozen pass of ``src`` over uint8 ``images``: its (N, D) penultimate features (the input of
-    its last ``nn.Linear``, as :func:`sskt.sources.adapt.penultimate_features`) and its (N, Z) logits."""
-    try:
-        head = dict(src.network.named_modules())[classifier_name(src.network)]
-    except SSKTError:
-        raise SSKTError(f"source {src.name!r} has no nn.Linear classifier, so its features (for LogME) "
-                        f"can't be read") from None
-    captured: list[Tensor] = []
-    hook = head.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach().float().flatten(1).cpu()))
-    src.to(device).eval()
-    logits: list[Tensor] = []
-    try:
-        for start in range(0, len(images), batch_size):
-            logits.append(src(to_float(images[start:start + batch_size].to(device))).float().cpu())
-    finally:
-        hook.remove()
-    return torch.cat(captured), torch.cat(logits)
-
-
 def score_source(src: Source, images: Tensor, labels: Tensor, batch_size: int = 256,
                  device: torch.device | str = "cpu") -> SourceScore:
     """LogME of ``src``'s features, LEEP and NCE of its softmax outputs, on labelled uint8 ``images``."""
     started = time.perf_counter()
-    features, logits = source_outputs(src, images, batch_size, device)
+    features, logits = features_and_logits(src, images, batch_size, device)
     probs = torch.softmax(logits.double(), dim=1)
     return SourceScore(src.name, logme(features, labels), leep(probs, labels), nce(probs, labels),
                        features.shape[1], logits.shape[1], time.perf_counter() - started)

@@ -27,23 +27,36 @@ WEIGHT_DECAYS = (1e-3, 1e-2, 1e-1, 0.3, 1.0)  # L2 penalties tried when a valida
 
 
 @torch.no_grad()
-def penultimate_features(src: Source, images: Tensor, batch_size: int = 256) -> Tensor:
-    """(N, D) float32 inputs of the source's classifier (its last ``nn.Linear``) on uint8 or [0, 1] images."""
+def features_and_logits(src: Source, images: Tensor, batch_size: int = 256,
+                        device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
+    """One frozen pass of ``src`` over uint8 or [0, 1] ``images``: the (N, D) float32 inputs of its classifier
+    (its last ``nn.Linear``) and its (N, Z) logits, both on the CPU. ``device``: where to run (default: where
+    the source is)."""
     try:
         head = dict(src.network.named_modules())[classifier_name(src.network)]
     except SSKTError:
-        raise SSKTError(f"source {src.name!r} has no nn.Linear classifier, so adapt: probe can't replace it") from None
+        raise SSKTError(f"source {src.name!r} has no nn.Linear classifier, so its penultimate features can't be "
+                        f"read (adapt: probe, rank-sources)") from None
     captured: list[Tensor] = []
-    hook = head.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach().float().flatten(1)))
+    hook = head.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach().float().flatten(1).cpu()))
+    if device is not None:
+        src.to(device)
     was_training = src.training
     src.eval()
+    logits: list[Tensor] = []
     try:
         for start in range(0, len(images), batch_size):
-            src(to_float(images[start:start + batch_size]))
+            batch = images[start:start + batch_size]
+            logits.append(src(to_float(batch if device is None else batch.to(device))).float().cpu())
     finally:
         hook.remove()
         src.train(was_training)
-    return torch.cat(captured)
+    return torch.cat(captured), torch.cat(logits)
+
+
+def penultimate_features(src: Source, images: Tensor, batch_size: int = 256) -> Tensor:
+    """(N, D) float32 inputs of the source's classifier (its last ``nn.Linear``) on uint8 or [0, 1] images."""
+    return features_and_logits(src, images, batch_size)[0]
 
 
 def adapt_with_probe(src: Source, train: Any, val: Any = None,
