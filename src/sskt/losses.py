@@ -5,7 +5,7 @@ auxiliary (soft-label) losses take ``(student_logits, teacher_logits, temperatur
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -114,3 +114,36 @@ def soft_cross_entropy(student_logits: Tensor, teacher_logits: Tensor, temperatu
     log_p_student = F.log_softmax(student_logits.float() / temperature, dim=1)
     p_teacher = soft_targets(teacher_logits, temperature)
     return -(p_teacher * log_p_student).sum(dim=1).mean() * temperature**2
+
+
+def uncertainty_weighted(loss: Tensor, log_variance: Tensor) -> Tensor:
+    """exp(-s) * loss + s / 2 with s = log sigma^2 learned (Kendall, Gal and Cipolla, CVPR 2018, eq. 10 for a
+    classification-like task): minimising over s gives exp(-s) = 1 / (2 * loss), so a task whose loss stays
+    high is weighted down, and s / 2 keeps the weight from vanishing for free.
+
+    Example:
+        >>> s = torch.tensor(0.5)
+        >>> float(uncertainty_weighted(torch.tensor(2.0), s)) == float(torch.exp(-s) * 2.0 + s / 2)
+        True
+    """
+    return torch.exp(-log_variance) * loss + log_variance / 2
+
+
+def gradient_cosine(a: Sequence[Tensor | None], b: Sequence[Tensor | None], eps: float = 1e-12) -> Tensor:
+    """Cosine similarity of two gradients given per parameter (None = no gradient, i.e. zeros), as one vector.
+
+    Example:
+        >>> g = [torch.tensor([1.0, 0.0]), None]
+        >>> h = [torch.tensor([1.0, 1.0]), torch.tensor([5.0])]
+        >>> round(float(gradient_cosine(g, h)), 4)  # (1) / (1 * sqrt(27))
+        0.1925
+    """
+    dot, norm_a, norm_b = 0.0, 0.0, 0.0
+    for x, y in zip(a, b):
+        if x is not None:
+            norm_a = norm_a + x.float().pow(2).sum()
+        if y is not None:
+            norm_b = norm_b + y.float().pow(2).sum()
+        if x is not None and y is not None:
+            dot = dot + (x.float() * y.float()).sum()
+    return torch.as_tensor(dot / max(float(norm_a) ** 0.5 * float(norm_b) ** 0.5, eps), dtype=torch.float32)

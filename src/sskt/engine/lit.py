@@ -109,6 +109,8 @@ class MethodModule(L.LightningModule):
         self._loss_count += 1
         for name, value in out.losses.items():
             self.log(f"train/{name}", value.detach(), on_step=True, on_epoch=True, batch_size=bs)
+        for name, metric in out.metrics.items():
+            self.log(f"train/{name}", float(metric), on_step=False, on_epoch=True, batch_size=bs)
         self.log("loss", sum(v.detach() for v in out.losses.values()), prog_bar=True, logger=False, batch_size=bs)
         if not self.multilabel:
             if out.targets is not None:  # pretext / pseudo-labels

@@ -83,11 +83,14 @@ class StepOutput:
 
     ``targets``: the labels ``logits`` are scored against in ``train/acc`` when they are not the
     batch's own (pretext tasks, pseudo-labels); None means ``batch["target"]``.
+    ``metrics``: values to log, not to train on (logged as ``train/<name>``, averaged per epoch), e.g.
+    each source's current weight.
     """
 
     logits: Tensor
     losses: dict[str, Tensor]
     targets: Tensor | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 OptionsT = TypeVar("OptionsT")

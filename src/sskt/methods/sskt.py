@@ -16,14 +16,16 @@ from sskt.errors import SSKTError
 from sskt.losses import SOFT_LOSSES
 from sskt.methods._util import adapt_source, evaluate_once, make_room_for_adaptation
 from sskt.methods.base import METHODS, BuildContext, Method, StepOutput, parse_options, target_loss_fn
-from sskt.models.heads import LinearHead, TransferModule
-from sskt.models.target import TargetNetwork
+from sskt.methods.source_weighting import SourceWeighting, WeightingOptions, scale_gradient, weighting_options
+from sskt.models.heads import LinearHead, SharedTransferHeads, TransferModule
+from sskt.models.target import Features, TargetNetwork
 from sskt.sources.bank import SourceBank
 from sskt.sources.cache_keys import CacheSpec, cache_spec
 from sskt.sources.source import Source, SourceConfig, build_source, source_config
 from sskt.validation import Parsed
 
 HEADS = ("linear", "transfer", "main")
+TRUNKS = ("per-source", "shared")
 MAX_DEFAULT_WIDTH = 256
 
 
@@ -34,6 +36,10 @@ class SSKTOptions:
     ``head``: ``transfer`` (merges the tapped stages), ``linear`` (on pooled features), or ``main`` (no
     auxiliary head: the main head itself learns the sources' soft labels, as in KD; for sources that
     predict the target's classes, e.g. with ``adapt: probe``).
+    ``transfer_trunk``: ``per-source`` (a transfer module per source, as in the paper) or ``shared`` (one
+    set of stage branches for all sources, a linear layer each: many sources at the cost of one).
+    ``weighting``: ``fixed`` (each source's alpha), ``gradsim`` or ``uncertainty`` (set while training and
+    logged per epoch as ``train/weight/<source>``; :mod:`sskt.methods.source_weighting`).
     ``transfer_width``: the transfer module's common width D; by default the channels of the deepest
     tapped stage, capped at 256 (64 for a CIFAR ResNet, as in the reference; the reference's 1000 for
     ImageNet ResNets costs ~13M parameters per source on a ResNet-50, more than the target itself).
@@ -49,6 +55,8 @@ class SSKTOptions:
 
     sources: Annotated[list[SourceConfig], Parsed(source_config, each=True)] = field(default_factory=list)
     head: str = "transfer"
+    transfer_trunk: str = "per-source"
+    weighting: Annotated[WeightingOptions, Parsed(weighting_options)] = field(default_factory=WeightingOptions)
     transfer_width: int | None = None
     aux_loss: str = "kd"
     target_loss: str = "auto"
@@ -63,6 +71,10 @@ class SSKTOptions:
             raise SSKTError("method sskt needs at least one source under method.sources")
         if self.head not in HEADS:
             raise SSKTError(f"head must be one of {HEADS}, got {self.head!r}")
+        if self.transfer_trunk not in TRUNKS:
+            raise SSKTError(f"transfer_trunk must be one of {TRUNKS}, got {self.transfer_trunk!r}")
+        if self.transfer_trunk == "shared" and self.head != "transfer":
+            raise SSKTError(f"transfer_trunk: shared needs head: transfer, got head: {self.head}")
         if self.temperature <= 0:
             raise SSKTError(f"temperature must be > 0, got {self.temperature}")
         if self.alpha < 0:
@@ -70,14 +82,28 @@ class SSKTOptions:
         SOFT_LOSSES.get(self.aux_loss)
 
 
+def _gated(x: Tensor, gate: float | None) -> Tensor:
+    return x if gate is None else scale_gradient(x, gate)
+
+
+def _width(stage_shapes: list[tuple[int, ...]], width: int | None) -> int:
+    return min(stage_shapes[-1][0], MAX_DEFAULT_WIDTH) if width is None else width
+
+
+def make_shared_heads(target: TargetNetwork, example: Tensor, classes: dict[str, int],
+                      width: int | None) -> SharedTransferHeads:
+    """One transfer trunk for all sources, sized from the target's features on ``example``."""
+    _, stage_shapes = target.feature_shapes(example)
+    return SharedTransferHeads([s[0] for s in stage_shapes], _width(stage_shapes, width), classes,
+                               dims=len(stage_shapes[-1]) - 1)
+
+
 def make_head(kind: str, target: TargetNetwork, example: Tensor, num_classes: int, width: int | None) -> nn.Module:
     """An auxiliary head of ``kind`` sized from the target's features on ``example``."""
     pooled, stage_shapes = target.feature_shapes(example)
     if kind == "linear":
         return LinearHead(pooled, num_classes)
-    if width is None:
-        width = min(stage_shapes[-1][0], MAX_DEFAULT_WIDTH)
-    return TransferModule([s[0] for s in stage_shapes], width, num_classes, dims=len(stage_shapes[-1]) - 1)
+    return TransferModule([s[0] for s in stage_shapes], _width(stage_shapes, width), num_classes, dims=len(stage_shapes[-1]) - 1)
 
 
 @METHODS.register("sskt")
@@ -116,10 +142,15 @@ class SSKT(Method):
                                 f"classes; {foreign or 'this multi-label task'} do(es) not: use adapt: probe on them, "
                                 f"or head: transfer / linear")
             self.heads = nn.ModuleDict()
+        elif options.transfer_trunk == "shared":
+            self.heads = make_shared_heads(target, example, {s.name: s.num_classes for s in sources},
+                                           options.transfer_width)
         else:
             self.heads = nn.ModuleDict(
                 {s.name: make_head(options.head, target, example, s.num_classes, options.transfer_width)
                  for s in sources})
+        self.weighting = SourceWeighting([s.name for s in sources], [a for _, a in self.weights], options.weighting,
+                                         gated_in_graph=options.head != "main")
         self.cache = None  # a SoftLabelCache once attach_cache() is called: then sources never run in training
         self.to_adapt: list[str] = []  # sources with adapt: probe: prepare() fits their probes
         self.adapted: dict[str, dict] = {}  # what adapt: probe measured, per adapted source
@@ -201,17 +232,39 @@ class SSKT(Method):
 
     def training_step(self, batch: dict[str, Tensor]) -> StepOutput:
         feats = self.target.forward_features(batch["image"])
-        losses = {"target": self.target_loss(feats.logits, batch)}
+        target_loss = self.target_loss(feats.logits, batch)
         teacher = self.soft_labels(batch)
-        for src, (temperature, alpha) in zip(self.bank.sources, self.weights):
-            aux_logits = feats.logits if self.options.head == "main" else self.heads[src.name](feats.pooled, feats.stages)
-            losses[f"aux/{src.name}"] = alpha * self.aux_loss(aux_logits, teacher[src.name], temperature)
-        return StepOutput(feats.logits, losses)
+        predicted = self.aux_predictions(feats)
+        raw = {src.name: self.aux_loss(predicted[src.name], teacher[src.name], temperature)
+               for src, (temperature, _) in zip(self.bank.sources, self.weights)}
+        self.weighting.measure(target_loss, raw, self.shared_parameters())
+        weighted, effective = self.weighting(raw)
+        losses = {"target": target_loss, **{f"aux/{name}": loss for name, loss in weighted.items()}}
+        return StepOutput(feats.logits, losses, metrics={f"weight/{n}": w for n, w in effective.items()})
+
+    def aux_predictions(self, feats: Features) -> dict[str, Tensor]:
+        """Each source's auxiliary prediction: its head's (or the main head's, with ``head: main``). With
+        gradsim, the gradient each head sends back into the layers it shares is scaled by its gate."""
+        if self.options.head == "main":
+            return {src.name: feats.logits for src in self.bank.sources}
+        gates = self.weighting.gates() or {}
+        if isinstance(self.heads, SharedTransferHeads):
+            merged = self.heads.merge(feats.stages)
+            return {name: fc(_gated(merged, gates.get(name))) for name, fc in self.heads.fcs.items()}
+        return {name: head(_gated(feats.pooled, gates.get(name)), [_gated(s, gates.get(name)) for s in feats.stages])
+                for name, head in self.heads.items()}
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """The layers every loss trains, where gradsim compares gradients: the target's deepest stage."""
+        return list(self.target.model.get_submodule(self.target.stage_names[-1]).parameters())
 
     def extra_results(self) -> dict[str, Any]:
         """For each source adapted to the target's labels: the probe's penalty, validation and test top-1
-        (the adapted source itself as a classifier: a reference a user could deploy instead)."""
+        (the adapted source itself as a classifier: a reference a user could deploy instead); with automatic
+        weighting, each source's final weight."""
         out: dict[str, Any] = {}
+        if self.options.weighting.mode != "fixed":
+            out["final_weight"] = self.weighting.effective()
         for src in self.bank.sources:
             if src.name in self.adapted:
                 info = dict(self.adapted[src.name])

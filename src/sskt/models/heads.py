@@ -58,5 +58,37 @@ class TransferModule(nn.Module):
         self.fc = nn.Linear(width, num_classes)
 
     def forward(self, pooled: Tensor | None, stages: Sequence[Tensor]) -> Tensor:
-        merged = torch.stack([b(s).flatten(2).mean(dim=2) for b, s in zip(self.branches, stages)]).mean(dim=0)
-        return self.fc(merged)
+        return self.fc(merge_stages(self.branches, stages))
+
+
+def merge_stages(branches: Sequence[nn.Module], stages: Sequence[Tensor]) -> Tensor:
+    """Each stage through its branch, globally average-pooled, then averaged over the stages: (B, width)."""
+    return torch.stack([b(s).flatten(2).mean(dim=2) for b, s in zip(branches, stages)]).mean(dim=0)
+
+
+class SharedTransferHeads(nn.Module):
+    """One transfer trunk (the stage branches of :class:`TransferModule`) shared by every source, and one
+    linear layer per source on its merged features: the cost of many sources is then the cost of one
+    (a branch per stage) plus a linear layer each.
+
+    Example:
+        >>> heads = SharedTransferHeads([16, 32, 64], width=64, classes={"a": 10, "b": 1000})
+        >>> feats = [torch.zeros(2, 16, 32, 32), torch.zeros(2, 32, 16, 16), torch.zeros(2, 64, 8, 8)]
+        >>> {k: tuple(v.shape) for k, v in heads(None, feats).items()}
+        {'a': (2, 10), 'b': (2, 1000)}
+    """
+
+    def __init__(self, stage_channels: Sequence[int], width: int, classes: dict[str, int], dims: int = 2) -> None:
+        super().__init__()
+        if dims not in (2, 3):
+            raise ValueError(f"SharedTransferHeads works on 2D or 3D feature maps, got dims={dims}")
+        self.branches = nn.ModuleList(_branch(c, width, dims) for c in stage_channels)
+        self.fcs = nn.ModuleDict({name: nn.Linear(width, k) for name, k in classes.items()})
+
+    def merge(self, stages: Sequence[Tensor]) -> Tensor:
+        """The shared features every source's linear layer reads: (B, width)."""
+        return merge_stages(self.branches, stages)
+
+    def forward(self, pooled: Tensor | None, stages: Sequence[Tensor]) -> dict[str, Tensor]:
+        merged = self.merge(stages)
+        return {name: fc(merged) for name, fc in self.fcs.items()}
