@@ -4,6 +4,7 @@ vs scratch, on this machine, in one run.
     python benchmarks/speed.py --only r50                 # the issue's comparison, P+I setting
     python benchmarks/speed.py --only r32                 # CIFAR ResNet-32 source(s)
     python benchmarks/speed.py --only r50 --group heads   # where the cache's remaining cost goes
+    python benchmarks/speed.py --only r50 --group trunk   # per-source transfer modules vs one shared trunk
 
 Every variant lives in its own worker process (so each reports its own peak RSS) and the main process
 runs them in interleaved rounds (a few seconds each, order reversed every other round), so load from
@@ -115,7 +116,7 @@ class SsktStep:
     fixes them), batch augmentation, method.training_step, backward, SGD."""
 
     def __init__(self, kind: str, setting: str, n_sources: int, cache_dir: str, n_images: int,
-                 head: str = "transfer") -> None:
+                 head: str = "transfer", **options: object) -> None:
         from sskt.data.augment import BatchAugment
         from sskt.methods.scratch import Scratch, ScratchOptions
         from sskt.methods.sskt import SSKT, SSKTOptions
@@ -127,7 +128,7 @@ class SsktStep:
             self.method = Scratch(target, ScratchOptions())
         else:
             sources = make_sources(setting, n_sources)
-            opts = SSKTOptions(sources=[{"name": s.name} for s in sources], head=head)  # source_precision: auto
+            opts = SSKTOptions(sources=[{"name": s.name} for s in sources], head=head, **options)  # precision: auto
             self.method = SSKT(target, sources, opts, example=torch.rand(2, 3, 32, 32))
             if kind == "cache":
                 images, targets = bench_data(n_images)
@@ -189,7 +190,8 @@ def worker(spec: dict, conn) -> None:
     elif kind == "infer":
         runner = SourceInference(spec["precision"])
     else:
-        runner = SsktStep(kind, spec["setting"], spec["n"], spec["cache_dir"], n_images, spec.get("head", "transfer"))
+        runner = SsktStep(kind, spec["setting"], spec["n"], spec["cache_dir"], n_images, spec.get("head", "transfer"),
+                          **spec.get("options", {}))
     conn.send("ready")
     from sskt.data.augment import BatchAugment
 
@@ -222,7 +224,7 @@ def worker(spec: dict, conn) -> None:
 
 # ------------------------------------------------------------------------------------------ main
 
-GROUPS = ("sources", "heads")
+GROUPS = ("sources", "heads", "trunk")
 
 
 def group_variants(group: str, setting: str) -> list[dict]:
@@ -236,6 +238,16 @@ def group_variants(group: str, setting: str) -> list[dict]:
         # An opt-in setting on top of the defaults: the target trained in bf16 autocast (train.precision=bf16-mixed).
         out += [{"name": f"{setting} live x2 bf16-mixed", "kind": "live", "setting": setting, "n": 2,
                  "precision": "bf16-mixed"}]
+        return out
+    if group == "trunk":  # issue 13: many sources at the cost of one; what gradsim's gradient comparisons cost
+        from sskt.methods.source_weighting import WeightingOptions
+
+        out = [{"name": f"{setting} cache{suffix} x{n}", "kind": "cache", "setting": setting, "n": n,
+                "options": {"transfer_trunk": trunk}}
+               for trunk, suffix in (("per-source", ""), ("shared", " shared")) for n in (1, 2, 4)]
+        out += [{"name": f"{setting} cache{suffix} gradsim x4", "kind": "cache", "setting": setting, "n": 4,
+                 "options": {"transfer_trunk": trunk, "weighting": WeightingOptions("gradsim")}}
+                for trunk, suffix in (("per-source", ""), ("shared", " shared"))]
         return out
     out = [{"name": f"{setting} {kind}{suffix} x{n}", "kind": kind, "setting": setting, "n": n, "head": head}
            for head, suffix in (("transfer", ""), ("linear", " linear")) for kind in ("cache", "floor")
@@ -273,7 +285,8 @@ def main() -> None:
     p.add_argument("--r32-images", type=int, default=512)
     p.add_argument("--only", choices=["r50", "r32"], default=None, help="one setting only (less memory and time)")
     p.add_argument("--group", choices=GROUPS, default="sources",
-                   help="sources: reference/live/cache/scratch; heads: cache vs free sources, transfer vs linear")
+                   help="sources: reference/live/cache/scratch; heads: cache vs free sources, transfer vs linear; "
+                        "trunk: per-source transfer modules vs one shared trunk, and gradsim's cost")
     p.add_argument("--out", default="benchmarks/results/speed-table.md")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--report-only", action="store_true", help="rewrite the table from <out>.json")

@@ -83,3 +83,39 @@ def test_no_sources_is_a_one_line_error(tmp_path: Path, capsys) -> None:
     path.write_text(yaml.safe_dump(tiny_config(tmp_path)))
     assert main(["rank-sources", str(path)]) == 2
     assert "needs method.sources" in capsys.readouterr().err
+
+
+def test_a_clustered_hog_source_is_scored_on_its_teachers_features(tmp_path: Path) -> None:
+    """A clustered source has no nn.Linear: LogME reads its teacher's (HOG) features, LEEP/NCE its k clusters."""
+    from sskt.config import ExperimentConfig
+    from sskt.experiments.rank_sources import rank_sources
+
+    hog = {"name": "hog", "kind": "clustered", "input_size": 8, "temperature": 1,
+           "options": {"teacher": "hog", "hog_cell": 4, "k": 6, "niter": 5, "data": {"dataset": "digits"},
+                       "cache_dir": str(tmp_path / "clusters")}}
+    cfg = ExperimentConfig.from_yaml(str(_config(tmp_path, [hog])))
+    [score] = rank_sources(cfg)
+    assert score.source_classes == 6 and score.feature_dim > 6  # HOG cells x orientations, not the 6 clusters
+    assert all(map(lambda v: v == v and abs(v) < 1e6, (score.logme, score.leep, score.nce)))  # finite
+
+
+def test_a_compare_grid_ranks_every_distinct_source_of_its_variants(tmp_path: Path, trained_source: Path,
+                                                                     capsys) -> None:
+    trained = {"name": "trained", "arch": "cifar_resnet20", "checkpoint": str(trained_source), "input_size": 8}
+    random = {"name": "random", "arch": "cifar_resnet20", "num_classes": 10, "input_size": 8}
+    base = tiny_config(tmp_path, train={"accelerator": "cpu"})
+    base.pop("method"), base.pop("name"), base.pop("seed")
+    grid = {"name": "g", "out_dir": str(tmp_path / "grid"), "seeds": [0], "base": base, "variants": [
+        {"name": "scratch", "method": {"name": "scratch"}},
+        {"name": "one", "method": {"name": "sskt", "sources": [trained]}},
+        {"name": "both", "method": {"name": "sskt", "sources": [trained, random]}}]}
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    assert main(["rank-sources", str(path), "data.per_class=20"]) == 0
+    rows = list(csv.DictReader((tmp_path / "grid" / "rank_sources.csv").open()))
+    assert [r["name"] for r in rows] == ["trained", "random"]  # each source once, best first
+
+    grid["variants"][2]["method"]["sources"][1] = {**random, "name": "trained"}
+    path.write_text(yaml.safe_dump(grid))
+    assert main(["rank-sources", str(path)]) == 2
+    assert "two different sources are named 'trained'" in capsys.readouterr().err

@@ -14,6 +14,7 @@ import io
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import Tensor
@@ -25,6 +26,9 @@ from sskt.evaluation.transferability import leep, logme, nce
 from sskt.io import atomic_json_dump, atomic_text_write
 from sskt.sources.adapt import features_and_logits
 from sskt.sources.source import Source, build_source
+
+if TYPE_CHECKING:
+    from sskt.experiments.compare import CompareConfig
 
 SORT_KEY = "logme"
 WHY_LOGME = ("sorted by LogME: it reads the source's features, not its classifier, so it compares sources of "
@@ -54,6 +58,33 @@ def score_source(src: Source, images: Tensor, labels: Tensor, batch_size: int = 
     probs = torch.softmax(logits.double(), dim=1)
     return SourceScore(src.name, logme(features, labels), leep(probs, labels), nce(probs, labels),
                        features.shape[1], logits.shape[1], time.perf_counter() - started)
+
+
+def grid_candidates(grid: "CompareConfig", overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """The experiment to rank a ``sskt compare`` grid's sources on: the grid's base (seed and out_dir of its
+    first run, so rank_sources.csv lands next to the runs) with every distinct source of its variants as
+    candidates, in order of first appearance. Two different sources under one name are refused."""
+    seen: dict[str, dict] = {}
+    for variant in grid.variants:
+        for entry in variant.method.get("sources") or []:
+            name = entry.get("name") if isinstance(entry, dict) else None
+            if name in seen and seen[name] != entry:
+                raise SSKTError(f"two different sources are named {name!r} in {grid.name}: rename one to rank both")
+            seen.setdefault(name, entry)
+    if not seen:
+        raise SSKTError(f"no variant of {grid.name} has method.sources: nothing to rank")
+    cfg = grid.run_config(grid.variants[0], grid.seeds[0], overrides)
+    raw = cfg.to_dict()
+    raw["method"] = {"name": "sskt", "sources": list(seen.values())}
+    raw["out_dir"] = str(overrides_out_dir(overrides) or grid.out_dir)
+    return ExperimentConfig.from_dict(raw)
+
+
+def overrides_out_dir(overrides: Sequence[str]) -> str | None:
+    for item in overrides:
+        if item.startswith("out_dir="):
+            return item.split("=", 1)[1]
+    return None
 
 
 def _device(cfg: ExperimentConfig) -> torch.device:

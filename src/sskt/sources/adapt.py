@@ -30,15 +30,20 @@ WEIGHT_DECAYS = (1e-3, 1e-2, 1e-1, 0.3, 1.0)  # L2 penalties tried when a valida
 def features_and_logits(src: Source, images: Tensor, batch_size: int = 256,
                         device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
     """One frozen pass of ``src`` over uint8 or [0, 1] ``images``: the (N, D) float32 inputs of its classifier
-    (its last ``nn.Linear``) and its (N, Z) logits, both on the CPU. ``device``: where to run (default: where
+    (its last ``nn.Linear``; for a clustered source, its teacher's features) and its (N, Z) logits, both on the CPU. ``device``: where to run (default: where
     the source is)."""
-    try:
-        head = dict(src.network.named_modules())[classifier_name(src.network)]
-    except SSKTError:
-        raise SSKTError(f"source {src.name!r} has no nn.Linear classifier, so its penultimate features can't be "
-                        f"read (adapt: probe, rank-sources)") from None
     captured: list[Tensor] = []
-    hook = head.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach().float().flatten(1).cpu()))
+    teacher = getattr(src.network, "teacher", None)  # a clustered source: its teacher's features (e.g. HOG)
+    if isinstance(teacher, nn.Module) and not any(isinstance(m, nn.Linear) for m in src.network.modules()):
+        hook = teacher.register_forward_hook(lambda _m, _a, out: captured.append(out.detach().float().flatten(1).cpu()))
+    else:
+        try:
+            head = dict(src.network.named_modules())[classifier_name(src.network)]
+        except SSKTError:
+            raise SSKTError(f"source {src.name!r} has no nn.Linear classifier, so its penultimate features can't be "
+                            f"read (adapt: probe, rank-sources)") from None
+        hook = head.register_forward_pre_hook(
+            lambda _m, args: captured.append(args[0].detach().float().flatten(1).cpu()))
     if device is not None:
         src.to(device)
     was_training = src.training
