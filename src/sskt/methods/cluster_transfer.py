@@ -22,8 +22,9 @@ from sskt.models.target import TargetNetwork
 
 @dataclass
 class ClusterTransferOptions:
-    """``teacher``: ``hog``, a training checkpoint, an sskt model file, or a plain state_dict (then
-    ``arch``). ``layer``: a module of the teacher network (``layer3``; default: the pooled input of its
+    """``teacher``: ``hog``, ``pretrained:<arch>`` (published weights, e.g. ``pretrained:efficientnet_lite0``),
+    a training checkpoint, an sskt model file, or a plain state_dict (then ``arch``). ``input_size``: the
+    size (px) a network teacher sees the images at. ``layer``: a module of the teacher network (``layer3``; default: the pooled input of its
     classifier); ``spatial``: pool maps to s x s instead of 1 x 1. ``k``: clusters; ``pca_dim``: PCA-whiten
     to this many dimensions (after L2, then L2 again). ``hog_cell``: HOG cell size in px (4 for 8 px
     images). ``cache_dir``: where features and assignments are cached (default
@@ -38,6 +39,7 @@ class ClusterTransferOptions:
     seed: int = 0
     niter: int = 50
     hog_cell: int = 8
+    input_size: int | None = None
     cache_dir: str | None = None
     trust_pickle: bool = False
 
@@ -50,7 +52,7 @@ class ClusterTransferOptions:
     def teacher_spec(self) -> dict[str, Any]:
         """How to rebuild the teacher (stored with the centroids for the ``clustered`` source)."""
         return {"teacher": self.teacher, "arch": self.arch, "layer": self.layer, "spatial": self.spatial,
-                "hog_cell": self.hog_cell}
+                "hog_cell": self.hog_cell, "input_size": self.input_size}
 
 
 def cluster_teacher(opts: ClusterTransferOptions, ctx: BuildContext, in_chans: int) -> Any:
@@ -62,7 +64,7 @@ def cluster_teacher(opts: ClusterTransferOptions, ctx: BuildContext, in_chans: i
     if opts.k > len(ctx.train_data):
         raise SSKTError(f"k={opts.k} is more than the {len(ctx.train_data)} training images; lower method.k")
     return load_teacher(opts.teacher, opts.arch, opts.layer, opts.spatial, in_chans, opts.trust_pickle,
-                        opts.hog_cell)
+                        opts.hog_cell, opts.input_size)
 
 
 def cluster_for(opts: ClusterTransferOptions, ctx: BuildContext, in_chans: int, teacher: Any = None):

@@ -52,6 +52,7 @@ class ClusteredOptions:
     layer: str | None = None
     spatial: int | None = None
     hog_cell: int = 8
+    input_size: int | None = None  # the size (px) a network teacher sees the images at
     k: int | None = None
     data: Annotated[DataConfig | None, Parsed(DataConfig)] = None
     pca_dim: int | None = None
@@ -92,7 +93,7 @@ def build_clustered_source(cfg: SourceConfig, in_chans: int = 3) -> Source:
     from sskt.cluster.teacher import load_teacher
     opts: ClusteredOptions = cfg.options  # read by source_config
     spec: dict[str, Any] = {"teacher": opts.teacher, "arch": opts.arch, "layer": opts.layer,
-                            "spatial": opts.spatial, "hog_cell": opts.hog_cell}
+                            "spatial": opts.spatial, "hog_cell": opts.hog_cell, "input_size": opts.input_size}
     if opts.centroids is not None:
         path = Path(opts.centroids)
         if not path.is_file():
@@ -102,14 +103,14 @@ def build_clustered_source(cfg: SourceConfig, in_chans: int = 3) -> Source:
             raise SSKTError(f"source {cfg.name!r}: {path} is not a centroids file from `sskt cluster-transfer`")
         spec = {**saved["teacher"], **{k: v for k, v in spec.items() if v is not None and k != "hog_cell"}}
         teacher = load_teacher(spec["teacher"], spec.get("arch"), spec.get("layer"), spec.get("spatial"), in_chans,
-                               cfg.trust_pickle, spec.get("hog_cell", 8))
+                               cfg.trust_pickle, spec.get("hog_cell", 8), spec.get("input_size"))
         centroids, projection = saved["centroids"], Projection.from_state(saved["projection"])
         fingerprint = file_digest(path)[:16]
     else:
         from sskt.data.datasets import load_data
 
         teacher = load_teacher(opts.teacher or "", opts.arch, opts.layer, opts.spatial, in_chans, cfg.trust_pickle,
-                               opts.hog_cell)
+                               opts.hog_cell, opts.input_size)
         images = load_data(opts.data).train.images
         clustering = cluster_images(teacher, images, int(opts.k or 0), pca_dim=opts.pca_dim, seed=opts.seed,
                                     niter=opts.niter, cache_dir=opts.cache_dir or default_cache_dir())
