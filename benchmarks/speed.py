@@ -112,12 +112,12 @@ class ReferenceStep:
 
 
 class SsktStep:
-    """sskt's own step, as :class:`~sskt.engine.lit.MethodModule` runs it: views (from the method if it
-    fixes them), batch augmentation, method.training_step, backward, SGD."""
+    """sskt's own step, as :class:`~sskt.engine.lit.MethodModule` runs it: the batch's views (stored ones and
+    their soft labels with a cache), method.training_step, backward, SGD."""
 
     def __init__(self, kind: str, setting: str, n_sources: int, cache_dir: str, n_images: int,
                  head: str = "transfer", **options: object) -> None:
-        from sskt.data.augment import BatchAugment
+        from sskt.data.views import TrainingViews
         from sskt.methods.scratch import Scratch, ScratchOptions
         from sskt.methods.sskt import SSKT, SSKTOptions
         from sskt.models.target import TargetNetwork
@@ -142,14 +142,11 @@ class SsktStep:
         self.method.train()
         self.opt = torch.optim.SGD([p for p in self.method.parameters() if p.requires_grad], lr=0.1, momentum=0.9,
                                    weight_decay=5e-4)
-        self.augment = BatchAugment(PADDING, True, seed=0)
-        self.epoch = 0
+        self.views = TrainingViews(PADDING, True, seed=0, store=self.method.soft_label_store())
+        self.views.start_epoch(0)
 
     def step(self, batch: dict) -> None:
-        hook = getattr(self.method, "training_views", None)
-        fixed = hook(batch, self.epoch) if hook is not None else None
-        images, view = self.augment(batch["image"], fixed)
-        out = self.method.training_step({**batch, "image": images, "view": view})
+        out = self.method.training_step(self.views(batch))
         loss = sum(out.losses.values())
         self.opt.zero_grad()
         loss.backward()

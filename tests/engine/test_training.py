@@ -182,3 +182,20 @@ def test_building_a_method_never_builds_the_soft_label_cache(tmp_path):
 def test_override_that_is_not_yaml_is_one_line(tmp_path, capsys):
     err = _cli_error(tmp_path, capsys, tiny_config(tmp_path), "method.sources=[{name: a, options: {x: 1}]")
     assert "override method.sources" in err and "not valid YAML" in err
+
+
+def test_sskt_cache_builds_the_cache_that_fit_reads(tmp_path, capsys):
+    """`sskt cache` seeds like fit: a randomly initialised source gets the same weights, so fit finds the
+    cache already built (no new file, no build) and trains from it."""
+    from sskt.experiments.cache import build_cache
+
+    source = {"name": "rnd", "arch": "cifar_resnet20", "num_classes": 10, "input_size": 8}
+    cfg = ExperimentConfig.from_dict(tiny_config(tmp_path, method={
+        "name": "sskt", "sources": [source], "cache": {"mode": "exact", "views": 2, "dir": str(tmp_path / "c")}}))
+    torch.manual_seed(12345)  # whatever the caller's RNG state
+    build_cache(cfg)
+    built = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "c").glob("*.sskc")}
+    assert len(built) == 1
+    torch.manual_seed(999)
+    fit(cfg)
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "c").glob("*.sskc")} == built

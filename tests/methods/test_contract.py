@@ -4,7 +4,7 @@ Parametrised over ``METHODS.names()``: a method registered without an entry in :
 ``golden_losses.json`` fails, saying what to add. For each method, on a tiny digits task:
 
 1. ``test_golden_losses``: the method is built from :data:`OPTIONS` (seeded) and prepared, then takes ONE training
-   step exactly as :class:`sskt.engine.lit.MethodModule` would (``training_views``, the engine's batch
+   step exactly as :class:`sskt.engine.lit.MethodModule` would (:class:`~sskt.data.views.TrainingViews`, the engine's batch
    augmentation with the run's seed, then ``training_step`` + backward, or ``manual_step`` with the
    engine's optimisers); every named loss of its ``StepOutput`` must match ``golden_losses.json``
    (rtol 1e-4, atol 1e-5). A missing method, a missing loss name or an extra loss name fails: golden
@@ -49,7 +49,8 @@ from torch import Tensor
 
 import sskt.methods  # noqa: F401  (registers every method)
 from sskt.config import DataConfig, TargetConfig, TrainConfig
-from sskt.data.augment import BatchAugment, to_float
+from sskt.data.augment import to_float
+from sskt.data.views import TrainingViews
 from sskt.data.datasets import load_data
 from sskt.methods.base import METHODS, BuildContext, Method, StepOutput, build_method
 from testutils import FakeModule, tiny_config
@@ -186,10 +187,10 @@ def step(name: str, task: Task) -> Stepped:
     target_before = {k: v.detach().clone() for k, v in method.target.named_parameters()}
     rows = ctx.train_data.__getitems__(STEP_ROWS)  # what the training loader yields (uint8 images)
     # MethodModule.on_train_epoch_start / training_step, epoch 0, rank 0:
-    augment = BatchAugment(TASK_DATA.crop_padding, TASK_DATA.flip, seed=RUN_SEED * 100_003 + 0 * 101 + 0)
+    views = TrainingViews(TASK_DATA.crop_padding, TASK_DATA.flip, RUN_SEED, method.soft_label_store())
+    views.start_epoch(0, rank=0)
     torch.manual_seed(STEP_SEED)
-    images, view = augment(rows["image"], method.training_views(rows, 0))
-    batch = {**rows, "image": images, "view": view}
+    batch = views(rows)
     if method.automatic_optimization:
         for opt in optimizers:
             opt.zero_grad()

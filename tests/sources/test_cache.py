@@ -8,7 +8,8 @@ from torch import Tensor
 import pytest
 
 from sskt.config import TargetConfig
-from sskt.data.augment import BatchAugment, apply_view, to_float
+from sskt.data.augment import apply_view, to_float
+from sskt.data.views import TrainingViews
 from sskt.errors import SSKTError
 from sskt.methods.base import BuildContext
 from sskt.methods.sskt import SSKT
@@ -248,10 +249,15 @@ def test_sskt_with_exact_cache_never_runs_sources(tmp_path):
     for src in method.bank.sources:  # any source forward would now fail the test
         src.network.forward = lambda *a, **k: (_ for _ in ()).throw(AssertionError("a source ran"))
     batch = data.__getitems__([0, 3, 31, 7])
-    fixed = method.training_views(batch, epoch=0)
-    x, view = BatchAugment(padding=2)(batch["image"], fixed)  # what MethodModule does
-    assert torch.equal(view, fixed)
-    out = method.training_step({**batch, "image": x, "view": view})
+    views = TrainingViews(padding=2, flip=True, seed=0, store=method.soft_label_store())  # what MethodModule does
+    views.start_epoch(0)
+    shown = views(batch)
+    stored, slots = method.cache.stored_views(batch["index"], 0, 0)
+    assert torch.equal(shown["view"], stored)  # the stored views, and their soft labels
+    assert all(torch.equal(shown["soft_labels"][n], v) for n, v in method.cache.lookup(batch["index"], stored).items())
+    out = method.training_step(shown)
+    with pytest.raises(SSKTError, match="carries no soft labels"):  # the cache is never searched behind its back
+        method.training_step({**batch, "image": shown["image"], "view": stored})
     assert set(out.losses) == {"target", "aux/s"} and torch.isfinite(sum(out.losses.values()))
 
 

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 import torchmetrics
 from torch import Tensor
 
-from sskt.data.augment import BatchAugment, to_float
+from sskt.data.augment import to_float
+from sskt.data.views import TrainingViews
 from sskt.engine.export import target_record
 from sskt.engine.rundir import flatten
 from sskt.errors import SSKTError
@@ -60,7 +61,7 @@ class MethodModule(L.LightningModule):
         self.train_seconds = 0.0  # time in training steps only (no evaluation), summed over resumes
         self._step_start = 0.0
         self._loss_sum, self._loss_count = 0.0, 0
-        self._augment: BatchAugment | None = None
+        self._views: TrainingViews | None = None
         # The run's wall time starts when fit() does: loading data and building caches count.
         self._wall_start = time.perf_counter() if wall_start is None else wall_start
         self._wall_before = 0.0
@@ -77,9 +78,9 @@ class MethodModule(L.LightningModule):
                 config.scheduler.T_max = max(self.train_cfg.epochs, 1)
 
     def on_train_epoch_start(self) -> None:
-        # A generator per rank and epoch: resumed runs see the same views as uninterrupted ones.
-        self._augment = BatchAugment(self.crop_padding, self.flip,
-                                     seed=self.seed * 100_003 + self.current_epoch * 101 + self.global_rank)
+        if self._views is None:  # the method is prepared by now: its soft-label store (if any) exists
+            self._views = TrainingViews(self.crop_padding, self.flip, self.seed, self.method.soft_label_store())
+        self._views.start_epoch(self.current_epoch, self.global_rank)
         self._loss_sum, self._loss_count = 0.0, 0
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
@@ -89,11 +90,9 @@ class MethodModule(L.LightningModule):
         self.train_seconds += time.perf_counter() - self._step_start
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
-        assert self._augment is not None
-        # A method may fix the views itself (SSKT with an exact soft-label cache: the stored views).
-        fixed = self.method.training_views(batch, self.current_epoch)
-        images, view = self._augment(batch["image"], fixed)
-        batch = {**batch, "image": images, "view": view}
+        assert self._views is not None
+        batch = self._views(batch)  # the views shown (drawn, or stored with their soft labels)
+        images = batch["image"]
         if self.automatic_optimization:
             out = self.method.training_step(batch)
             loss = sum(out.losses.values())

@@ -145,6 +145,13 @@ def make_trainer(cfg: ExperimentConfig, out_dir: Path, callbacks: Sequence[L.Cal
     )
 
 
+def seed_run(seed: int) -> None:
+    """Seed every generator a run draws from (Python, NumPy, torch, loader workers), as :func:`fit` does
+    first: what is built before training (randomly initialised sources, heads) is then the same in every
+    command that builds it (``sskt cache`` builds the cache ``fit`` will read)."""
+    L.seed_everything(seed, workers=True, verbose=False)
+
+
 def fit(cfg: ExperimentConfig, callbacks: Sequence[L.Callback] = ()) -> RunResult:
     """Train ``cfg`` to the end, resuming from ``out_dir/checkpoints/last.ckpt`` if it exists.
 
@@ -156,7 +163,7 @@ def fit(cfg: ExperimentConfig, callbacks: Sequence[L.Callback] = ()) -> RunResul
         >>> result = fit(cfg); print(result.final)  # doctest: +SKIP
     """
     started = time.perf_counter()
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    seed_run(cfg.seed)
     out_dir = Path(cfg.out_dir)
     # Before any decoding: a folder that cannot be written, or that holds another experiment, is refused.
     announce(prepare_run_dir(cfg.to_dict(), out_dir, cfg.train.resume))

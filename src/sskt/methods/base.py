@@ -187,8 +187,11 @@ class Method(nn.Module):
         frozen = {id(m) for m in self.frozen_modules()}
         return [f"{n}." for n, m in self.named_modules() if id(m) in frozen]
 
-    def training_views(self, batch: dict[str, Tensor], epoch: int) -> Tensor | None:
-        """Views (B,3) the engine must show for this batch, or None for fresh random views."""
+    def soft_label_store(self) -> Any:
+        """Soft labels stored per training image, if the method has them once prepared (a
+        :class:`~sskt.data.views.SoftLabelStore`, e.g. SSKT's soft-label cache): the engine's
+        :class:`~sskt.data.views.TrainingViews` then shows each image its stored view and puts the stored
+        soft labels in ``batch["soft_labels"]``. None: fresh random views, no soft labels in the batch."""
         return None
 
     def configure_optimizers(self, train_cfg: Any) -> Any:

@@ -20,6 +20,7 @@ from sskt.methods.source_weighting import SourceWeighting, WeightingOptions, sca
 from sskt.models.heads import LinearHead, SharedTransferHeads, TransferModule
 from sskt.models.target import Features, TargetNetwork
 from sskt.sources.bank import SourceBank
+from sskt.sources.cache import SoftLabelCache
 from sskt.sources.cache_keys import CacheSpec, cache_spec
 from sskt.sources.source import Source, SourceConfig, build_source, source_config
 from sskt.validation import Parsed
@@ -155,7 +156,6 @@ class SSKT(Method):
         self.to_adapt: list[str] = []  # sources with adapt: probe: prepare() fits their probes
         self.adapted: dict[str, dict] = {}  # what adapt: probe measured, per adapted source
         self._test_data = None  # kept out of the module state: only for extra_results
-        self.view_seed = 0
 
     @classmethod
     def from_config(cls, options: dict, ctx: BuildContext) -> "SSKT":
@@ -196,25 +196,20 @@ class SSKT(Method):
             raise SSKTError("method.cache needs the training data to build the soft-label cache")
         padding = ctx.data.crop_padding if ctx.data is not None else 4
         flip = ctx.data.flip if ctx.data is not None else True
-        self.attach_cache(self.options.cache, ctx.train_data.images, ctx.train_data.targets, padding, flip, ctx.seed)
+        self.attach_cache(self.options.cache, ctx.train_data.images, ctx.train_data.targets, padding, flip)
         return self.cache.report()
 
     def attach_cache(self, spec: "dict | CacheSpec", images: Tensor, targets: Tensor, padding: int, flip: bool,
-                     seed: int = 0, **build_options) -> None:
+                     **build_options) -> None:
         """Open (building or resuming if needed) the soft-label cache of these training images."""
-        from sskt.sources.cache import SoftLabelCache
-
         temperatures = {s.name: t for s, (t, _) in zip(self.bank.sources, self.weights)}
         self.cache = SoftLabelCache.open_or_build(self.bank, images, targets, cache_spec(spec), temperatures,
                                                   padding, flip, **build_options)
-        self.view_seed = seed
 
-    def training_views(self, batch: dict[str, Tensor], epoch: int) -> Tensor | None:
-        """Views the target must be shown (the engine replays them): an exact cache's stored views, one
-        per image per epoch; None (random views) otherwise."""
-        if self.cache is None or self.cache.mode != "exact":
-            return None
-        return self.cache.training_views(batch["index"], epoch, self.view_seed)
+    def soft_label_store(self) -> "SoftLabelCache | None":
+        """The soft-label cache once prepared: the engine's views replay its stored views and attach its
+        soft labels to each batch (:mod:`sskt.data.views`)."""
+        return self.cache
 
     @property
     def sources(self) -> list[Source]:
@@ -224,10 +219,13 @@ class SSKT(Method):
         return [self.bank]
 
     def soft_labels(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Every source's logits on this batch's view: read from the cache if there is one (by image index
-        and view), else computed by the live sources."""
+        """Every source's logits on this batch's view: the batch's stored ones (``batch["soft_labels"]``, put
+        there from the cache by :class:`~sskt.data.views.TrainingViews`), else computed by the live sources."""
+        if "soft_labels" in batch:
+            return batch["soft_labels"]
         if self.cache is not None:
-            return self.cache.lookup(batch["index"], batch.get("view"), device=batch["image"].device)
+            raise SSKTError("SSKT has a soft-label cache but this batch carries no soft labels: prepare training "
+                            "batches with sskt.data.views.TrainingViews(..., store=method.soft_label_store())")
         return self.bank(batch["image"])
 
     def training_step(self, batch: dict[str, Tensor]) -> StepOutput:

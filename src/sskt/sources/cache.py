@@ -50,9 +50,10 @@ from sskt.sources.cache_keys import CacheSpec, cache_key, dataset_fingerprint, s
 class SoftLabelCache:
     """Every source's stored soft labels for one training set, read by (image index, view).
 
-    Built (or resumed, or checked) by :meth:`open_or_build`; :meth:`lookup` returns per-source (B, C)
-    logits on the device asked; :meth:`training_views` gives, in exact mode, the stored view each image
-    uses in an epoch.
+    Built (or resumed, or checked) by :meth:`open_or_build`. While training (through
+    :class:`~sskt.data.views.TrainingViews`), :meth:`stored_views` gives, in exact mode, the stored view
+    each image is shown in an epoch and its slot, and :meth:`soft_labels` reads the per-source (B, C)
+    logits of that slot.
     """
 
     def __init__(self, spec: CacheSpec, files: dict[str, CacheFile], views: Tensor, padding: int,
@@ -61,6 +62,7 @@ class SoftLabelCache:
         self.padding = padding
         self.build_seconds, self.built_views = build_seconds, built_views
         self._slots: tuple[tuple[int, int], Tensor] | None = None
+        self._first_slot: Tensor | None = None
 
     @property
     def mode(self) -> str:
@@ -201,29 +203,59 @@ class SoftLabelCache:
         return done_views
 
     # -- reading
-    def training_views(self, index: Tensor, epoch: int, seed: int = 0) -> Tensor:
-        """(B, 3) views for these images this epoch: one of each image's K stored views, drawn per epoch."""
+    def stored_views(self, index: Tensor, epoch: int, seed: int = 0) -> tuple[Tensor, Tensor] | None:
+        """Exact mode: the (B, 3) view each of these images is shown this epoch (one of its K stored views,
+        drawn per epoch and seed) and the (B,) slot its soft labels are stored in; None in clean mode (the
+        target sees fresh random views). The :class:`~sskt.data.views.SoftLabelStore` protocol."""
+        if self.mode != "exact":
+            return None
         if self._slots is None or self._slots[0] != (epoch, seed):
             g = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 7919 + 17)
             self._slots = ((epoch, seed), torch.randint(0, self.views.shape[1], (self.num_images,), generator=g))
         index = index.cpu().long()
-        return self.views[index, self._slots[1][index]]
+        slot = self._slots[1][index]
+        # An image may have drawn the same view twice: read the first slot holding it, as lookup() does.
+        return self.views[index, slot], self._first_slot_of_view()[index, slot]
+
+    def training_views(self, index: Tensor, epoch: int, seed: int = 0) -> Tensor:
+        """(B, 3) views for these images this epoch (exact mode): :meth:`stored_views` without the slots."""
+        drawn = self.stored_views(index, epoch, seed)
+        if drawn is None:
+            raise SSKTError("a clean soft-label cache stores no views: the target sees random views")
+        return drawn[0]
+
+    def _first_slot_of_view(self) -> Tensor:
+        if self._first_slot is None:
+            same = (self.views[:, :, None, :] == self.views[:, None, :, :]).all(-1)  # (N, K, K)
+            self._first_slot = same.int().argmax(-1)
+        return self._first_slot
+
+    def soft_labels(self, index: Tensor, slot: Tensor | None, device: torch.device | str | None = None
+                    ) -> dict[str, Tensor]:
+        """Per-source (B, C) float32 logits stored for images ``index`` in ``slot`` (None: clean mode's
+        single slot), on ``device``."""
+        device = device if device is not None else index.device
+        index = index.cpu().long()
+        slot = torch.zeros_like(index) if slot is None else slot.cpu().long()
+        return self._read(index, slot, device)
 
     def lookup(self, index: Tensor, view: Tensor | None = None, device: torch.device | str | None = None
                ) -> dict[str, Tensor]:
-        """Per-source (B, C) float32 logits for images ``index`` seen through ``view`` (exact mode)."""
+        """Per-source (B, C) float32 logits for images ``index`` seen through ``view`` (exact mode), found by
+        searching each image's stored views: for checking a cache (training reads by slot)."""
+        if self.mode == "clean":
+            return self.soft_labels(index, None, device)
+        if view is None:
+            raise SSKTError("the exact soft-label cache needs the batch's views (batch['view'])")
         device = device if device is not None else index.device
         index = index.cpu().long()
-        if self.mode == "clean":
-            slot = torch.zeros_like(index)
-        else:
-            if view is None:
-                raise SSKTError("the exact soft-label cache needs the batch's views (batch['view'])")
-            match = (self.views[index] == view.cpu().long()[:, None, :]).all(-1)
-            if not bool(match.any(1).all()):
-                raise SSKTError("a training view is not among the cached ones: with an exact cache the target "
-                                "must be shown the views given by SSKT.training_views")
-            slot = match.int().argmax(1)
+        match = (self.views[index] == view.cpu().long()[:, None, :]).all(-1)
+        if not bool(match.any(1).all()):
+            raise SSKTError("a training view is not among the cached ones: with an exact cache the target "
+                            "must be shown the views given by stored_views")
+        return self._read(index, match.int().argmax(1), device)
+
+    def _read(self, index: Tensor, slot: Tensor, device: torch.device | str) -> dict[str, Tensor]:
         rows = index.numpy()
         rank = np.arange(len(rows))
         out = {}
