@@ -95,6 +95,8 @@ OPTIONS: dict[str, dict[str, Any]] = {
 GRADLESS_TARGET_PREFIXES: dict[str, tuple[str, ...]] = {"jigsaw": ("model.linear.",), "jigsaw++": ("model.linear.",)}
 # Evaluation rows per image, when not one (rotation scores all four turns of every image).
 EVAL_ROWS_PER_IMAGE: dict[str, int] = {"rotation": 4}
+# Classes of what evaluation_batch scores, when not the task's: the four turns, the permutations, k clusters.
+EVAL_CLASSES: dict[str, int] = {"rotation": 4, "jigsaw": 10, "jigsaw++": 10, "cluster-transfer": 5}
 
 
 def write_pretrained(folder: Path) -> Path:
@@ -322,12 +324,12 @@ def test_evaluation_batch(name: str, stepped: Callable[[str], Stepped], task: Ta
             logits, labels = method.evaluation_batch({**rows, "image": to_float(rows["image"])})
     finally:
         method.train()
-    classes = method.eval_num_classes or s.ctx.num_classes
+    classes = EVAL_CLASSES.get(name, s.ctx.num_classes)
     n = len(EVAL_ROWS) * EVAL_ROWS_PER_IMAGE.get(name, 1)
     assert tuple(logits.shape) == (n, classes), f"{name}: logits {tuple(logits.shape)}, expected {(n, classes)}"
     assert tuple(labels.shape) == (n,) and not labels.is_floating_point()
     assert bool(((labels >= 0) & (labels < classes)).all())
-    if name not in EVAL_ROWS_PER_IMAGE and method.eval_num_classes is None:
+    if name not in EVAL_ROWS_PER_IMAGE and name not in EVAL_CLASSES:
         assert torch.equal(labels, rows["target"])  # the task's own labels by default
     assert bool(torch.isfinite(logits).all())
 

@@ -46,7 +46,7 @@ def test_jigsaw_plus_plus_step_and_evaluation() -> None:
     torch.manual_seed(0)
     images, ctx = _digits(size=24)
     method = build_method({"name": "jigsaw++", "permutations": 10, "hidden": 64, "tile_dim": 32}, ctx)
-    assert method.eval_num_classes == 10 and method.puzzles.max_replaced == 2
+    assert method.puzzles.num_permutations == 10 and method.puzzles.max_replaced == 2
     out = method.training_step({"image": images[:16]})
     assert out.logits.shape == (16, 10) and torch.isfinite(out.losses["jigsaw"])
     out.losses["jigsaw"].backward()

@@ -54,8 +54,9 @@ class MethodModule(L.LightningModule):
         # Evaluation splits in the order of the engine's evaluation loaders ("val" first when there is one).
         self.eval_splits: list[str] = ["test"]
         self.metrics = torch.nn.ModuleDict({
-            split: MultilabelMAP() if multilabel else torchmetrics.classification.MulticlassAccuracy(
-                num_classes=method.eval_num_classes or num_classes, average="micro")
+            # Top-1 as the mean of per-image correctness (synced over processes): what evaluation_batch
+            # scores needs no class count (the dataset's classes, a pretext task's, k clusters).
+            split: MultilabelMAP() if multilabel else torchmetrics.aggregation.MeanMetric()
             for split in ("val", "test")})
         self.history: list[dict[str, float]] = []
         self.train_seconds = 0.0  # time in training steps only (no evaluation), summed over resumes
@@ -149,7 +150,7 @@ class MethodModule(L.LightningModule):
             weight = None if ignore is None else (~ignore.bool()).float()
             loss = F.binary_cross_entropy_with_logits(logits.float(), target.float(), weight=weight)
         else:
-            metric.update(logits.float(), target)
+            metric.update((logits.argmax(dim=1) == target).float())
             loss = F.cross_entropy(logits.float(), target)
         self.log(f"{split}/loss", loss, on_epoch=True, batch_size=logits.shape[0], sync_dist=True,
                  add_dataloader_idx=False)

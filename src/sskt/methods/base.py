@@ -121,8 +121,6 @@ class Method(nn.Module):
     learns_from_unlabeled: ClassVar[bool] = False
     # Why the method needs single-label targets, if it does: build_method refuses multi-label data with it.
     single_label_only: ClassVar[str] = ""
-    # Classes of what evaluation_batch scores, when not the dataset's (pretext tasks, k clusters).
-    eval_num_classes: int | None = None
     # The options dataclass from_config parses (with parse_options), so check_method can check them early.
     options_class: ClassVar[type | None] = None
 

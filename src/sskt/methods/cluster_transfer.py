@@ -98,7 +98,6 @@ class ClusterTransfer(Method):
                              persistent=False)
         self.register_buffer("pseudo_test", test_labels.long() if test_labels is not None else None,
                              persistent=False)
-        self.eval_num_classes = target.num_classes
         self.summary = summary or {}
         self._to_cluster: tuple | None = None  # (options, teacher) until prepare() clusters
 

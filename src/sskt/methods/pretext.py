@@ -38,7 +38,6 @@ class RotationPretext(Method):
     """RotNet (Gidaris et al. 2018): the target classifies 0/90/180/270-degree turns (4 classes)."""
 
     options_class = RotationOptions
-    eval_num_classes = NUM_ROTATIONS
 
     def __init__(self, target: TargetNetwork, options: RotationOptions) -> None:
         super().__init__(target)
@@ -98,7 +97,6 @@ class JigsawPretext(Method):
     pooled features), the 9 feature vectors are concatenated and an MLP predicts the permutation."""
 
     default_replaced = 0
-    eval_num_classes: int | None = None
     options_class = JigsawOptions
 
     def __init__(self, target: TargetNetwork, options: JigsawOptions, in_shape: tuple[int, ...]) -> None:
@@ -119,7 +117,6 @@ class JigsawPretext(Method):
             self.puzzles.geometry(in_shape[-2], in_shape[-1])
         except ValueError as err:
             raise SSKTError(f"{self.name}: {err}") from None
-        self.eval_num_classes = len(perms)
         feature_dim, _ = target.feature_shapes(torch.rand(2, *in_shape))
         # The trunk is the target (called in tile_logits), so the solver's own trunk is the identity.
         self.solver = JigsawNet(torch.nn.Identity(), feature_dim, len(perms), options.tile_dim, options.hidden,
