@@ -35,10 +35,42 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def plot_weights(run: Path, out: Path) -> Path | None:
+    """Each source's effective weight per epoch (``train/weight/<source>`` in the run's metrics.csv)."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, dict[int, float]] = {}
+    for path in sorted(run.glob("logs/version_*/metrics.csv")):
+        for row in csv.DictReader(path.open()):
+            for key, value in row.items():
+                if key.startswith("train/weight/") and value:
+                    series.setdefault(key[len("train/weight/"):], {})[int(row["epoch"])] = float(value)
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, points in sorted(series.items()):
+        epochs = sorted(points)
+        ax.plot([e + 1 for e in epochs], [points[e] for e in epochs], label=name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("effective weight (epoch mean)")
+    ax.set_title(f"{run.parent.name} / {run.name}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", default="runs/bench/source_pool")
     p.add_argument("--out", default="benchmarks/results/source_pool_tau.md")
+    # (gains use the seeds that scratch and every finished one-<source> variant share)
     args = p.parse_args()
     runs = Path(args.runs)
     ranking = {s["name"]: s for s in json.loads((runs / "rank_sources.json").read_text())["sources"]}
@@ -48,10 +80,13 @@ def main() -> None:
         for path in sorted(pool.glob("seed*/result.json")):
             for name, w in json.loads(path.read_text()).get("final_weight", {}).items():
                 weights.setdefault(pool.name, {}).setdefault(name, []).append(float(w))
+    singles = {name: finals(runs / f"one-{name}") for name in ranking}
+    # The seeds every finished single-source variant and scratch share: gains are compared on the same seeds.
+    common = set(scratch).intersection(*[set(f) for f in singles.values() if f])
     rows = []
     for name, score in ranking.items():
-        mine = finals(runs / f"one-{name}")
-        seeds = sorted(set(mine) & set(scratch))
+        mine = singles[name]
+        seeds = sorted(set(mine) & common)
         if not seeds:
             continue
         diffs = [mine[s] - scratch[s] for s in seeds]
@@ -84,6 +119,12 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     Path(args.out).write_text(text)
     print(text)
+    for pool in sorted(runs.glob("pool-*")):
+        if pool.name == "pool-fixed" or not (pool / "seed0").is_dir():
+            continue
+        chart = plot_weights(pool / "seed0", Path(args.out).with_name(f"source_pool_weights_{pool.name}.png"))
+        if chart is not None:
+            print(f"weights per epoch: {chart}")
 
 
 if __name__ == "__main__":
