@@ -151,7 +151,14 @@ def test_engine_single_label_metric_unchanged() -> None:
     import torchmetrics
 
     module = _module(3, multilabel=False)
-    assert isinstance(module.metrics["test"], torchmetrics.classification.MulticlassAccuracy) and module.metric_name == "acc"
+    assert module.metric_name == "acc"
+    # Top-1 as the mean of per-image correctness: the number micro-averaged MulticlassAccuracy gives.
+    g = torch.Generator().manual_seed(0)
+    logits, target = torch.randn(50, 3, generator=g), torch.randint(0, 3, (50,), generator=g)
+    metric = module.metrics["test"]
+    metric.update((logits.argmax(dim=1) == target).float())
+    reference = torchmetrics.classification.MulticlassAccuracy(num_classes=3, average="micro")(logits, target)
+    assert float(metric.compute()) == pytest.approx(float(reference))
 
 
 def test_evaluate_model_uses_ignore_mask() -> None:
