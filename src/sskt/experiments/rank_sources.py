@@ -60,7 +60,7 @@ def score_source(src: Source, images: Tensor, labels: Tensor, batch_size: int = 
                        features.shape[1], logits.shape[1], time.perf_counter() - started)
 
 
-def grid_candidates(grid: "CompareConfig", overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+def grid_candidates(grid: "CompareConfig", overrides: Sequence[str] = ()) -> ExperimentConfig:
     """The experiment to rank a ``sskt compare`` grid's sources on: the grid's base (seed and out_dir of its
     first run, so rank_sources.csv lands next to the runs) with every distinct source of its variants as
     candidates, in order of first appearance. Two different sources under one name are refused."""
@@ -73,18 +73,11 @@ def grid_candidates(grid: "CompareConfig", overrides: list[str] | tuple[str, ...
             seen.setdefault(name, entry)
     if not seen:
         raise SSKTError(f"no variant of {grid.name} has method.sources: nothing to rank")
-    cfg = grid.run_config(grid.variants[0], grid.seeds[0], overrides)
+    # The grid's out_dir unless the command line gives one (overrides apply in order: the user's last).
+    cfg = grid.run_config(grid.variants[0], grid.seeds[0], [f"out_dir={grid.out_dir}", *overrides])
     raw = cfg.to_dict()
     raw["method"] = {"name": "sskt", "sources": list(seen.values())}
-    raw["out_dir"] = str(overrides_out_dir(overrides) or grid.out_dir)
     return ExperimentConfig.from_dict(raw)
-
-
-def overrides_out_dir(overrides: Sequence[str]) -> str | None:
-    for item in overrides:
-        if item.startswith("out_dir="):
-            return item.split("=", 1)[1]
-    return None
 
 
 def _device(cfg: ExperimentConfig) -> torch.device:

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from sskt.errors import SSKTError
 from sskt.losses import gradient_cosine, uncertainty_weighted
+from sskt.validation import validate
 
 Weighting = Literal["fixed", "gradsim", "uncertainty"]
 
@@ -153,8 +154,6 @@ class SourceWeighting(nn.Module):
 
 def weighting_options(raw: "str | dict | WeightingOptions | None", where: str = "method.weighting") -> WeightingOptions:
     """``weighting: gradsim`` or ``weighting: {mode: gradsim, every: 5, momentum: 0.8}``; errors name the key."""
-    from sskt.validation import validate
-
     if raw is None:
         return WeightingOptions()
     if isinstance(raw, str):
