@@ -101,3 +101,13 @@ def test_scratch_training_step_uses_the_batch_ignore_mask():
     per_entry = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch["target"], reduction="none")
     assert masked.item() == pytest.approx(per_entry[~ignore].mean().item(), rel=1e-5)
     assert everything.item() == pytest.approx(per_entry.mean().item(), rel=1e-5)
+
+
+def test_feature_regression_hand_computation():
+    from sskt.losses import feature_regression
+
+    predicted = torch.tensor([[1.0, 2.0, 0.0], [0.0, -1.0, 3.0]])
+    embedding = torch.tensor([[0.0, 2.0, 1.0], [2.0, 1.0, 3.0]])
+    # squared errors 1, 0, 1 and 4, 4, 0: 10 over 6 entries
+    assert float(feature_regression(predicted, embedding)) == pytest.approx(10 / 6)
+    assert float(feature_regression(embedding, embedding)) == 0.0

@@ -116,6 +116,20 @@ def soft_cross_entropy(student_logits: Tensor, teacher_logits: Tensor, temperatu
     return -(p_teacher * log_p_student).sum(dim=1).mean() * temperature**2
 
 
+def feature_regression(predicted: Tensor, embedding: Tensor) -> Tensor:
+    """Mean squared error between an auxiliary head's (B, D) output and a source's (B, D) standardised
+    embedding, averaged over features and batch: FitNets' hint loss (Romero et al., ICLR 2015) on the
+    source's final embedding. With a standardised embedding, 1.0 is what predicting its mean scores and
+    ``1 - loss`` is the share of its variance the head explains.
+
+    Example:
+        >>> e = torch.tensor([[1.0, -1.0], [-1.0, 1.0]])
+        >>> float(feature_regression(torch.zeros(2, 2), e)), float(feature_regression(e, e))
+        (1.0, 0.0)
+    """
+    return (predicted.float() - embedding.float()).pow(2).mean()
+
+
 def uncertainty_weighted(loss: Tensor, log_variance: Tensor) -> Tensor:
     """exp(-s) * loss + s / 2 with s = log sigma^2 learned (Kendall, Gal and Cipolla, CVPR 2018, eq. 10 for a
     classification-like task): minimising over s gives exp(-s) = 1 / (2 * loss), so a task whose loss stays

@@ -22,13 +22,17 @@ def evaluate_once(src: Source, data: Any) -> float | None:
     return evaluate_on_test(src, data, memo_key=key)
 
 
-def make_room_for_adaptation(src: Source, ctx: BuildContext) -> None:
-    """What building a method does for ``adapt: probe`` on its source or teacher: the source gets an
-    (untrained) classifier of the adapted shape, drawing the random numbers the fit draws (the weights
-    built after it are the same whether or not the probe is ever fitted). :func:`adapt_source`, in the
-    method's ``prepare``, fits it; a rebuilt run (evaluate, export) never does: no source runs there."""
-    from sskt.sources.adapt import make_room_for_probe, reshape_classifier
+def make_room_for_adaptation(src: Source, ctx: BuildContext, adapt: str = "probe") -> None:
+    """What building a method does for ``adapt: probe`` (or ``features``) on its source or teacher: the source
+    gets an (untrained) classifier of the adapted shape (for ``features``, an identity standardisation of its
+    embedding), drawing the random numbers the fit draws (the weights built after it are the same whether or
+    not it is ever fitted). :func:`adapt_source`, in the method's ``prepare``, fits it; a rebuilt run
+    (evaluate, export) never does: no source runs there."""
+    from sskt.sources.adapt import make_room_for_features, make_room_for_probe, reshape_classifier
 
+    if adapt == "features":
+        make_room_for_features(src)
+        return
     if ctx.multilabel:
         raise SSKTError(f"source {src.name!r}: adapt: probe is for single-label targets")
     if ctx.train_data is None:
@@ -40,11 +44,16 @@ def make_room_for_adaptation(src: Source, ctx: BuildContext) -> None:
 def adapt_source(src: Source, ctx: BuildContext) -> dict:
     """``adapt: probe`` for a method's source or teacher (in the method's ``prepare``, after
     :func:`make_room_for_adaptation`): the probe fitted on the labelled training images (the validation
-    split picks the penalty) and written into the source's classifier. Returns what it measured."""
-    from sskt.sources.adapt import fit_probe_in_place
+    split picks the penalty) and written into the source's classifier. Returns what it measured. For
+    ``adapt: features``: the embedding's standardisation, fitted on the labelled training images."""
+    from sskt.sources.adapt import fit_probe_in_place, fit_standardizer_in_place
 
     if ctx.train_data is None:
         return {}
+    if src.outputs == "features":
+        print(f"sskt: standardising source {src.name!r}'s embedding on {len(ctx.labeled_data)} training images "
+              f"(adapt: features)", file=sys.stderr, flush=True)
+        return fit_standardizer_in_place(src, ctx.labeled_data.images)
     print(f"sskt: fitting a linear probe on source {src.name!r}'s features of {len(ctx.labeled_data)} labelled "
           f"images (adapt: probe)", file=sys.stderr, flush=True)
     return fit_probe_in_place(src, ctx.labeled_data, ctx.val_data)

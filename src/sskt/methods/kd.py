@@ -94,6 +94,9 @@ class KD(Method):
     def from_config(cls, options: dict, ctx: BuildContext) -> "KD":
         opts = parse_options(KDOptions, options)
         teacher_cfg = opts.teacher
+        if teacher_cfg.adapt == "features":
+            raise SSKTError("method kd's teacher must predict classes; adapt: features (its embedding) is for "
+                            "method sskt's sources: use adapt: probe or none")
         teacher = build_source(teacher_cfg, ctx.in_chans)
         adapt = teacher_cfg.adapt == "probe"
         if adapt:

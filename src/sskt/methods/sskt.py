@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from sskt.errors import SSKTError
-from sskt.losses import SOFT_LOSSES
+from sskt.losses import SOFT_LOSSES, feature_regression
 from sskt.methods._util import adapt_source, evaluate_once, make_room_for_adaptation
 from sskt.methods.base import METHODS, BuildContext, Method, StepOutput, parse_options, target_loss_fn
 from sskt.methods.source_weighting import SourceWeighting, WeightingOptions, scale_gradient, weighting_options
@@ -137,7 +137,7 @@ class SSKT(Method):
         if options.head == "main":
             # The sources' soft labels teach the main head itself (KD-style): only for sources that predict
             # the target's own classes, e.g. adapted with adapt: probe.
-            foreign = [s.name for s in sources if s.num_classes != target.num_classes]
+            foreign = [s.name for s in sources if s.num_classes != target.num_classes or s.outputs == "features"]
             if foreign or multilabel:
                 raise SSKTError(f"head: main needs single-label sources that predict the target's {target.num_classes} "
                                 f"classes; {foreign or 'this multi-label task'} do(es) not: use adapt: probe on them, "
@@ -153,8 +153,8 @@ class SSKT(Method):
         self.weighting = SourceWeighting([s.name for s in sources], [a for _, a in self.weights], options.weighting,
                                          gated_in_graph=options.head != "main")
         self.cache = None  # a SoftLabelCache once attach_cache() is called: then sources never run in training
-        self.to_adapt: list[str] = []  # sources with adapt: probe: prepare() fits their probes
-        self.adapted: dict[str, dict] = {}  # what adapt: probe measured, per adapted source
+        self.to_adapt: list[str] = []  # sources with adapt: probe / features: prepare() fits them
+        self.adapted: dict[str, dict] = {}  # what adapting measured, per adapted source
         self._test_data = None  # kept out of the module state: only for extra_results
 
     @classmethod
@@ -164,8 +164,8 @@ class SSKT(Method):
         sources = [build_source(c, ctx.in_chans) for c in cfgs]
         to_adapt: list[str] = []
         for c, src in zip(cfgs, sources):
-            if c.adapt == "probe":
-                make_room_for_adaptation(src, ctx)  # the probe itself is fitted in prepare()
+            if c.adapt != "none":
+                make_room_for_adaptation(src, ctx, c.adapt)  # the probe (or standardisation) is fitted in prepare()
                 to_adapt.append(src.name)
         per_source = [(c.temperature or opts.temperature, opts.alpha if c.alpha is None else c.alpha) for c in cfgs]
         example = torch.rand(2, *ctx.input_shape)
@@ -180,7 +180,8 @@ class SSKT(Method):
             raise SSKTError("this experiment has no method.cache; add e.g. method.cache.mode=exact (or clean)")
 
     def prepare(self, ctx: BuildContext) -> list[str]:
-        """Fit the probes of the sources with ``adapt: probe``, then build (or resume, or check) the
+        """Fit the probes of the sources with ``adapt: probe`` (the standardisation of those with ``adapt:
+        features``), then build (or resume, or check) the
         soft-label cache, if there is one, of ``ctx``'s training images. Returns the cache's report."""
         for src in self.bank.sources:
             if src.name in self.to_adapt and src.name not in self.adapted:
@@ -233,12 +234,19 @@ class SSKT(Method):
         target_loss = self.target_loss(feats.logits, batch)
         teacher = self.soft_labels(batch)
         predicted = self.aux_predictions(feats)
-        raw = {src.name: self.aux_loss(predicted[src.name], teacher[src.name], temperature)
+        raw = {src.name: self.source_loss(src, predicted[src.name], teacher[src.name], temperature)
                for src, (temperature, _) in zip(self.bank.sources, self.weights)}
         self.weighting.measure(target_loss, raw, self.shared_parameters())
         weighted, effective = self.weighting(raw)
         losses = {"target": target_loss, **{f"aux/{name}": loss for name, loss in weighted.items()}}
         return StepOutput(feats.logits, losses, metrics={f"weight/{n}": w for n, w in effective.items()})
+
+    def source_loss(self, src: Source, predicted: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+        """What one auxiliary head is taught: the source's softened prediction (``aux_loss``), or, for a
+        source that outputs its embedding (``adapt: features``), that embedding (:func:`feature_regression`)."""
+        if src.outputs == "features":
+            return feature_regression(predicted, teacher)
+        return self.aux_loss(predicted, teacher, temperature)
 
     def aux_predictions(self, feats: Features) -> dict[str, Tensor]:
         """Each source's auxiliary prediction: its head's (or the main head's, with ``head: main``). With
@@ -266,7 +274,8 @@ class SSKT(Method):
         for src in self.bank.sources:
             if src.name in self.adapted:
                 info = dict(self.adapted[src.name])
-                info["test_top1"] = evaluate_once(src, self._test_data)
+                if src.outputs == "logits":  # an adapted classifier; an embedding has no top-1
+                    info["test_top1"] = evaluate_once(src, self._test_data)
                 out[f"adapted/{src.name}"] = info
         return out
 

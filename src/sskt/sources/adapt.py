@@ -1,4 +1,4 @@
-"""Adapting a source to the target's labels: its classifier replaced by a linear probe.
+"""Adapting a source to the target: its classifier replaced by a linear probe, or removed.
 
 A network trained on a foreign label space (ImageNet's 1,000 classes) often has features in which
 the target's classes are close to linearly separable, while its own softened predictions carry that
@@ -9,6 +9,11 @@ penalty) and puts it in place of the source's classifier. The source then predic
 classes, and its soft labels on every image, labelled or not, are what the auxiliary head learns:
 the "distil a big network adapted with few labels into a small one on unlabelled images" recipe of
 Chen et al. 2020 (SimCLRv2, "Big Self-Supervised Models are Strong Semi-Supervised Learners").
+
+``adapt: features`` keeps what the source knows in its features whole: its classifier is replaced by a
+per-feature standardisation (fitted on the training images, no labels), so the source outputs its
+penultimate embedding and the auxiliary head regresses it (:func:`sskt.losses.feature_regression`):
+FitNets' hint (Romero et al., ICLR 2015) on the source's final embedding, for any label space.
 """
 from __future__ import annotations
 
@@ -123,11 +128,67 @@ def fit_probe_in_place(src: Source, train: Any, val: Any = None,
     return info
 
 
-def _classifier_of(src: Source) -> str:
+def _classifier_of(src: Source, adapt: str = "probe") -> str:
     try:
         return classifier_name(src.network)
     except SSKTError:
-        raise SSKTError(f"source {src.name!r} has no nn.Linear classifier, so adapt: probe can't replace it") from None
+        raise SSKTError(f"source {src.name!r} has no nn.Linear classifier, so adapt: {adapt} can't replace it") from None
+
+
+class Standardize(nn.Module):
+    """``(x - mean) / std`` per feature of a (B, D) input: what ``adapt: features`` puts in place of a source's
+    classifier, so that the source outputs its penultimate embedding with every feature at zero mean and unit
+    variance over the target's training images (an identity until :func:`fit_standardizer_in_place`)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x.flatten(1).float() - self.mean) / self.std
+
+
+def make_room_for_features(src: Source) -> None:
+    """``adapt: features``: replace ``src``'s classifier (its last ``nn.Linear``) by a :class:`Standardize` of its
+    input, so that the source outputs its D-dimensional penultimate embedding instead of class logits
+    (``src.outputs == "features"``, ``src.num_classes == D``). Draws no random numbers."""
+    name = _classifier_of(src, "features")
+    dim = src.network.get_submodule(name).in_features
+    _set_module(src.network, name, Standardize(dim).to(next(src.network.parameters()).device))
+    src.num_classes = dim
+    src.outputs = "features"
+
+
+@torch.no_grad()
+def fit_standardizer_in_place(src: Source, images: Tensor, batch_size: int = 256) -> dict[str, float]:
+    """Set the :class:`Standardize` that :func:`make_room_for_features` put in ``src`` to the per-feature mean and
+    std of its embedding on uint8 or [0, 1] ``images`` (no labels needed). A feature that barely varies gets
+    its std raised to a tenth of the mean std, so that it cannot dominate the regression loss. Returns the
+    number of images, the embedding's size and how many features were (nearly) constant."""
+    head = src.network.get_submodule(_standardizer_of(src))
+    head.mean.zero_()
+    head.std.fill_(1.0)
+    was_training = src.training
+    src.eval()
+    device = head.mean.device
+    try:
+        feats = torch.cat([src(to_float(images[i:i + batch_size]).to(device)).float().cpu()
+                           for i in range(0, len(images), batch_size)])
+    finally:
+        src.train(was_training)
+    mean, std = feats.mean(0), feats.std(0)
+    floor = 0.1 * float(std.mean())
+    head.mean.copy_(mean)
+    head.std.copy_(std.clamp_min(max(floor, 1e-6)))
+    return {"images": float(len(images)), "dim": float(feats.shape[1]), "constant_features": float((std < floor).sum())}
+
+
+def _standardizer_of(src: Source) -> str:
+    names = [n for n, m in src.network.named_modules() if isinstance(m, Standardize)]
+    if not names:
+        raise SSKTError(f"source {src.name!r} was not adapted with adapt: features (no Standardize module)")
+    return names[-1]
 
 
 def _fit_probe(src: Source, train: Any, val: Any, weight_decays: Sequence[float]

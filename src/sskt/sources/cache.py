@@ -16,7 +16,8 @@ C-k remaining classes, gives them together exactly the probability mass they hav
 temperature T: ``tail = T * (logsumexp(z_tail / T) - log(C - k))``. So softmax(q/T) of the rebuilt
 logits has the exact top-k probabilities and the exact tail mass; only the shape of the distribution
 inside the tail is flattened (FKD's "marginal smoothing", but exact at T instead of at T = 1). The
-temperature is therefore part of the cache key.
+temperature is therefore part of the cache key. A source that outputs its embedding (``adapt: features``)
+keeps all of its features (k = D, no tail).
 
 One file per source per dataset::
 
@@ -45,6 +46,7 @@ from sskt.errors import SSKTError
 from sskt.sources.bank import SourceBank
 from sskt.sources.cache_file import CacheFile, CorruptCache, build_lock, compress_logits, expand_logits
 from sskt.sources.cache_keys import CacheSpec, cache_key, dataset_fingerprint, sample_views, source_fingerprint
+from sskt.sources.source import Source
 
 
 class SoftLabelCache:
@@ -97,7 +99,7 @@ class SoftLabelCache:
                 key, parts = cache_key(data_fp, source_fingerprint(src, bank.resolved_precision(src, device)), spec,
                                        temperatures[src.name],
                                        padding, flip)
-                meta = {"key": key, "parts": parts, "n": n, "views": spec.views, "topk": min(spec.topk, src.num_classes),
+                meta = {"key": key, "parts": parts, "n": n, "views": spec.views, "topk": stored_k(src, spec),
                         "num_classes": src.num_classes, "chunk": spec.chunk, "source_name": src.name}
                 path = spec.directory / f"{src.name}-{spec.mode}-{data_fp[:10]}-{key[:16]}.sskc"
                 f = CacheFile(path, meta)
@@ -182,7 +184,7 @@ class SoftLabelCache:
                     xb = to_float(apply_view(x[s0:s0 + spec.batch_size], v[s0:s0 + spec.batch_size], padding))
                     out = sub(xb.to(device))
                     for s in need:
-                        parts[s.name].append(compress_logits(out[s.name].cpu(), spec.topk, temperatures[s.name]))
+                        parts[s.name].append(compress_logits(out[s.name].cpu(), stored_k(s, spec), temperatures[s.name]))
                     bar.update(xb.shape[0])
                     done_views += xb.shape[0]
                 shape = (b - a, spec.views)
@@ -280,6 +282,12 @@ class SoftLabelCache:
                      + (f"; built {self.built_views} views/source in {self.build_seconds:.1f}s" if self.built_views
                         else "; nothing to build"))
         return lines
+
+
+def stored_k(src: Source, spec: CacheSpec) -> int:
+    """How many of a source's outputs the cache keeps per view: the top-k of its logits, or, for a source
+    that outputs its embedding (``adapt: features``), every feature (a top-k of features means nothing)."""
+    return src.num_classes if src.outputs == "features" else min(spec.topk, src.num_classes)
 
 
 def _default_device() -> torch.device:

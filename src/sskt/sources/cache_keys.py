@@ -26,7 +26,8 @@ class CacheSpec:
 
     ``mode``: ``exact`` (K stored views per image) or ``clean`` (one un-augmented output per image).
     ``views``: K, stored views per image (exact mode; at most (2*padding+1)^2 * (2 if flip) distinct).
-    ``topk``: logits kept per view (the rest become one tail value, see the module docstring).
+    ``topk``: logits kept per view (the rest become one tail value, see the module docstring); a source
+    with ``adapt: features`` keeps all of its features.
     ``dir``: where the files live (default ``$SSKT_CACHE_DIR/soft-labels``, else ``~/.cache/sskt/soft-labels``).
     ``seed``: seed of the stored views (part of the key). ``chunk``: images per resumable chunk.
     ``batch_size``: views per source forward while building.

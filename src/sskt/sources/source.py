@@ -33,6 +33,8 @@ class SourceConfig:
     reference code's BatchNorm drift (batch-dependent outputs); ``eval`` is correct.
     ``adapt: probe`` replaces the source's classifier by a linear probe fitted on the target's labelled
     images (:mod:`sskt.sources.adapt`): the source then teaches in the target's label space.
+    ``adapt: features`` removes the classifier: the source outputs its standardised penultimate
+    embedding, which the auxiliary head regresses (SSKT only).
     ``options``: the settings of its ``kind``, read into that kind's dataclass (:data:`SOURCE_OPTIONS`).
     """
 
@@ -53,7 +55,7 @@ class SourceConfig:
     alpha: Annotated[float, Ge(0)] | None = None
     bn_mode: Literal["eval", "train"] = "eval"
     frames: str = "centre"  # video targets: "centre" frame or "mean<N>" over N frames
-    adapt: Literal["none", "probe"] = "none"  # "probe": classifier replaced by a linear probe (sources/adapt.py)
+    adapt: Literal["none", "probe", "features"] = "none"  # what replaces the classifier (sources/adapt.py)
     options: Any = field(default_factory=dict)  # kind-specific settings: the kind's options dataclass, once read
 
 
@@ -98,6 +100,9 @@ class Source(nn.Module):
     ) -> None:
         super().__init__()
         self.name, self.num_classes = name, num_classes
+        # "logits" (class predictions, taught with a soft-label loss) or "features" (its embedding, regressed;
+        # set by adapt: features, sources/adapt.py).
+        self.outputs = "logits"
         self.classes = list(classes) if classes else None  # class names, when the weights file stores them
         self.input_size, self.input_scale = input_size, input_scale
         self.bn_mode, self.frames = bn_mode, frames
