@@ -185,6 +185,7 @@ def test_fit_with_unlabelled_images_caches_them_and_keeps_the_metrics(tmp_path):
     files = list(cache.glob("*.sskc"))
     assert len(files) == 1 and _cache_rows(files[0]) == 100 + 60  # labelled + unlabelled rows
     record = json.loads((tmp_path / "u" / "run" / "result.json").read_text())
+    assert record["final"] == pytest.approx(result.final)  # what fit returns is what it wrote
     assert record["unlabeled_images"] == 60 and record["train_images"] == 100
 
     plain = fit(ExperimentConfig.from_dict(_sskt_config(tmp_path / "p")))

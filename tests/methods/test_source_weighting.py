@@ -96,6 +96,19 @@ def test_gradsim_switches_off_an_irrelevant_source_and_keeps_a_relevant_one():
     assert int(m.state_dict()["weighting.steps"]) == 30  # its state is in the checkpoint: resume is exact
 
 
+def test_relative_gradsim_gives_the_best_aligned_source_its_full_alpha():
+    from sskt.methods.source_weighting import GATE_FLOOR, SourceWeighting, WeightingOptions
+
+    w = SourceWeighting(["a", "b", "c"], [1.0, 1.0, 0.5], WeightingOptions("gradsim", relative=True),
+                        gated_in_graph=True)
+    w.similarity.copy_(torch.tensor([0.4, -0.2, 0.1]))
+    assert w.effective() == pytest.approx({"a": 1.0, "b": 0.0, "c": 0.5 * 0.25})
+    assert w.gates() == pytest.approx({"a": 1.0, "b": GATE_FLOOR, "c": 0.25})
+    plain = SourceWeighting(["a", "b", "c"], [1.0, 1.0, 0.5], WeightingOptions("gradsim"))
+    plain.similarity.copy_(torch.tensor([0.4, -0.2, 0.1]))
+    assert plain.effective() == pytest.approx({"a": 0.4, "b": 0.0, "c": 0.05})
+
+
 def test_uncertainty_weights_stay_finite_and_positive():
     images, labels = _digits()
     m = _sskt({"alpha": 1.0, "weighting": "uncertainty"}).train()
@@ -128,6 +141,7 @@ def test_shared_trunk_is_one_set_of_branches_for_all_sources():
     ({"transfer_trunk": "both"}, "transfer_trunk must be one of"),
     ({"weighting": "learned"}, "method.weighting.mode"),
     ({"weighting": {"mode": "gradsim", "every": 0}}, "every must be >= 1"),
+    ({"weighting": {"mode": "uncertainty", "relative": True}}, "relative is for mode gradsim"),
 ])
 def test_bad_options_are_one_clear_line(options, message):
     with pytest.raises(SSKTError, match=message):
