@@ -120,8 +120,9 @@ def main() -> None:
     Path(args.out).write_text(text)
     print(text)
     for pool in sorted(runs.glob("pool-*")):
-        if pool.name == "pool-fixed" or not (pool / "seed0").is_dir():
-            continue
+        result = pool / "seed0" / "result.json"
+        if not result.is_file() or "final_weight" not in json.loads(result.read_text()):
+            continue  # unfinished, or fixed weights: nothing to draw
         chart = plot_weights(pool / "seed0", Path(args.out).with_name(f"source_pool_weights_{pool.name}.png"))
         if chart is not None:
             print(f"weights per epoch: {chart}")
