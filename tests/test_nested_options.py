@@ -55,7 +55,7 @@ SOURCE_BAD = [
     ({"name": "s", "num_classes": "ten"}, "method.sources.1.num_classes", "expected an integer"),
     ({"name": "s", "trust_pickle": "maybe"}, "method.sources.1.trust_pickle", "expected true or false"),
     ({"name": "s", "bn_mode": "batch"}, "method.sources.1.bn_mode", "must be 'eval' or 'train', got 'batch'"),
-    ({"name": "s", "adapt": "linear"}, "method.sources.1.adapt", "must be 'none' or 'probe'"),
+    ({"name": "s", "adapt": "linear"}, "method.sources.1.adapt", "must be 'none', 'probe' or 'features'"),
     ({"name": "s", "mean": "imagnet"}, "method.sources.1.mean", "unknown preset 'imagnet'"),
     ({"name": "s", "input_size": 32, "input_scale": 2}, "method.sources.1", "set input_size or input_scale, not both"),
     ({"name": "s", "inputsize": 32}, "method.sources.1", "unknown key(s) in method.sources.1: ['inputsize']; known:"),
