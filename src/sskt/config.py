@@ -39,7 +39,8 @@ class DataConfig:
     split's images outside the labelled subset and the validation split), or a folder of images of
     any size (searched recursively, resized to the training images' size); ``unlabeled_count`` keeps a
     seeded N of them. Each training batch then holds ``unlabeled_ratio`` unlabelled images per
-    labelled one (an epoch is still one pass over the labelled images).
+    labelled one (an epoch is still one pass over the labelled images). A method that reads no label
+    (cluster-transfer, pretext tasks) pools them with the labelled images instead.
     """
 
     dataset: str = "cifar10"

@@ -129,3 +129,53 @@ def test_cli_pretext_then_evaluate_knn(tmp_path: Path, capsys: pytest.CaptureFix
     out = json.loads(capsys.readouterr().out)
     assert out["protocol"] == "knn" and set(out["layers"]) == {"layer1", "layer2", "layer3"}
     assert all(0 <= v["top1"] <= 100 for v in out["layers"].values()) and out["train_images"] == 100
+
+
+def test_cluster_nmi_leaves_out_unlabelled_rows() -> None:
+    import numpy as np
+
+    from sskt.cluster.kmeans import cluster_stats
+
+    # The labelled rows match the clusters exactly; the two unlabelled rows (-1) would break that.
+    stats = cluster_stats(np.array([0, 0, 2, 2, 1, 0]), k=3, labels=np.array([1, 1, 0, 0, -1, -1]))
+    assert stats.sizes.tolist() == [3, 1, 2] and stats.nmi == pytest.approx(1.0)
+    assert cluster_stats(np.array([0, 1]), k=2, labels=np.array([-1, -1])).nmi is None
+
+
+def test_cluster_transfer_clusters_and_learns_from_an_unlabelled_folder(tmp_path: Path) -> None:
+    """A user's folder of unlabelled images (no class subfolders) joins the labelled ones: every image is
+    clustered and trained on; the NMI is measured on the labelled images only."""
+    import numpy as np
+    from PIL import Image
+
+    from sskt.engine.run import fit
+
+    folder = tmp_path / "unlabelled"
+    folder.mkdir()
+    digits = load_data(DataConfig(dataset="digits", per_class=20)).train.images  # images of the same kind
+    for i, img in enumerate(digits[:60]):
+        Image.fromarray(img.permute(1, 2, 0).numpy().astype(np.uint8)).save(folder / f"{i:03d}.png")
+    raw = tiny_config(tmp_path, data={"per_class": 10, "test_per_class": 15, "unlabeled": str(folder),
+                                      "unlabeled_ratio": 1.0},
+                      method={"name": "cluster-transfer", "teacher": "hog", "hog_cell": 4, "k": 4,
+                              "cache_dir": str(tmp_path / "clusters")},
+                      train={"epochs": 6, "batch_size": 20, "lr": 0.05, "eval_every": 6})
+    result = fit(ExperimentConfig.from_dict(raw))
+    clusters = result.record["clusters"]
+    assert result.record["unlabeled_images"] == 60
+    assert sum(clusters["sizes"]) == 100 + 60  # the unlabelled images were clustered too
+    assert clusters["nmi"] is not None and 0.2 < clusters["nmi"] <= 1.0
+    step = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+    assert step == 6 * (160 // 20)  # no label is read: an epoch is one pass over all 160 images
+    chance = 100.0 * max(clusters["sizes"]) / 160
+    assert result.final > chance + 5, (result.final, chance)
+
+
+def test_pretext_methods_accept_unlabelled_images(tmp_path: Path) -> None:
+    from sskt.engine.run import fit
+
+    raw = tiny_config(tmp_path, data={"unlabeled": "rest", "unlabeled_count": 40},
+                      method={"name": "rotation"})
+    assert fit(ExperimentConfig.from_dict(raw)).record["unlabeled_images"] == 40
+    step = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+    assert step == 140 // 20

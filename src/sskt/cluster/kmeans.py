@@ -62,7 +62,8 @@ def assign(features: Tensor | np.ndarray, centroids: Tensor | np.ndarray) -> tup
 
 def cluster_stats(assignments: np.ndarray, k: int, inertia: float = float("nan"),
                   labels: Tensor | np.ndarray | None = None) -> ClusterStats:
-    """Sizes, number of empty clusters and NMI (sklearn) against ``labels`` if given.
+    """Sizes, number of empty clusters and NMI (sklearn) against ``labels`` if given (rows labelled -1,
+    unlabelled images, are left out of the NMI).
 
     Example:
         >>> s = cluster_stats(np.array([0, 0, 2, 2]), k=3, labels=np.array([1, 1, 0, 0]))
@@ -73,7 +74,9 @@ def cluster_stats(assignments: np.ndarray, k: int, inertia: float = float("nan")
     nmi = None
     if labels is not None:
         y = labels.cpu().numpy() if isinstance(labels, Tensor) else np.asarray(labels)
-        nmi = float(normalized_mutual_info_score(y, assignments))
+        known = y >= 0
+        if known.any():
+            nmi = float(normalized_mutual_info_score(y[known], assignments[known]))
     return ClusterStats(sizes=sizes, num_empty=int((sizes == 0).sum()), inertia=float(inertia), nmi=nmi)
 
 

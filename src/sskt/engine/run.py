@@ -98,17 +98,22 @@ def build_context(cfg: ExperimentConfig, splits: ImageSplits) -> BuildContext:
                         val_data=splits.val)
 
 
-def loaders(cfg: ExperimentConfig, splits: ImageSplits, train_set: ImageTensorDataset
+def loaders(cfg: ExperimentConfig, splits: ImageSplits, train_set: ImageTensorDataset, pooled: bool = False
             ) -> tuple[DataLoader, dict[str, DataLoader]]:
     """The training loader (seeded :class:`MixedBatchSampler`: labelled + unlabelled images, resumable,
-    sharded over DDP ranks) and the evaluation loaders by split name (``val`` first when there is one)."""
+    sharded over DDP ranks) and the evaluation loaders by split name (``val`` first when there is one).
+    ``pooled``: for a method that reads no label, every training image is drawn alike (an epoch is one
+    pass over all of them; ``data.unlabeled_ratio`` does not apply)."""
     workers = cfg.data.num_workers
     if len(splits.train) < cfg.train.batch_size:
         raise SSKTError(f"the training split has {len(splits.train)} images, fewer than train.batch_size="
                         f"{cfg.train.batch_size}; lower the batch size")
     n_unlabeled = 0 if splits.unlabeled is None else len(splits.unlabeled)
+    n_labeled = len(splits.train)
+    if pooled:
+        n_labeled, n_unlabeled = n_labeled + n_unlabeled, 0
     # Full batches only: BatchNorm never sees a 1-image last batch.
-    sampler = MixedBatchSampler(len(splits.train), n_unlabeled, cfg.train.batch_size, cfg.data.unlabeled_ratio,
+    sampler = MixedBatchSampler(n_labeled, n_unlabeled, cfg.train.batch_size, cfg.data.unlabeled_ratio,
                                 seed=cfg.seed)
     train = DataLoader(train_set, batch_sampler=sampler, collate_fn=collate_batch, num_workers=workers,
                        persistent_workers=workers > 0)
@@ -174,15 +179,19 @@ def fit(cfg: ExperimentConfig, callbacks: Sequence[L.Callback] = ()) -> RunResul
         if not method.learns_from_unlabeled:
             raise SSKTError(f"method {cfg.method.get('name')!r} does not learn from unlabelled images; drop "
                             f"data.unlabeled (methods that do: {', '.join(learning_from_unlabeled())})")
-        passes = epochs_per_unlabeled_pass(len(splits.train), len(splits.unlabeled), cfg.train.batch_size,
-                                           cfg.data.unlabeled_ratio)
-        print(f"sskt: {len(splits.train)} labelled + {len(splits.unlabeled)} unlabelled training images; every "
-              f"unlabelled image is seen once every {passes:.1f} epoch(s)", file=sys.stderr, flush=True)
+        if method.uses_labels:
+            passes = epochs_per_unlabeled_pass(len(splits.train), len(splits.unlabeled), cfg.train.batch_size,
+                                               cfg.data.unlabeled_ratio)
+            seen = f"every unlabelled image is seen once every {passes:.1f} epoch(s)"
+        else:
+            seen = f"{cfg.method.get('name')} reads no label: an epoch is one pass over all of them"
+        print(f"sskt: {len(splits.train)} labelled + {len(splits.unlabeled)} unlabelled training images; {seen}",
+              file=sys.stderr, flush=True)
     method.prepare(ctx)  # the expensive, data-dependent part (soft-label cache, probes, clusters)
     module = MethodModule(method, cfg.train, cfg.data.crop_padding, cfg.data.flip, splits.num_classes,
                           splits.multilabel, cfg.seed, cfg.to_dict(), splits.classes, wall_start=started,
                           input_shape=ctx.input_shape)
-    train_loader, eval_loaders = loaders(cfg, splits, ctx.train_data)
+    train_loader, eval_loaders = loaders(cfg, splits, ctx.train_data, pooled=not method.uses_labels)
     module.eval_splits = list(eval_loaders)
     trainer = make_trainer(cfg, out_dir, callbacks)
     last = out_dir / "checkpoints" / "last.ckpt"

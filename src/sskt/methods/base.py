@@ -119,6 +119,9 @@ class Method(nn.Module):
     automatic_optimization: ClassVar[bool] = True
     # Whether the method has a loss that needs no label (so ``data.unlabeled`` images teach it something).
     learns_from_unlabeled: ClassVar[bool] = False
+    # False for a method that never reads a dataset label (pretext tasks, cluster ids): its labelled and
+    # unlabelled images are then one pool, and an epoch is one pass over all of them.
+    uses_labels: ClassVar[bool] = True
     # Why the method needs single-label targets, if it does: build_method refuses multi-label data with it.
     single_label_only: ClassVar[str] = ""
     # The options dataclass from_config parses (with parse_options), so check_method can check them early.

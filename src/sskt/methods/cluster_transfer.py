@@ -4,7 +4,8 @@ The teacher (a network file at a layer, or HOG) is loaded when the method is bui
 clustered by :meth:`ClusterTransfer.prepare`, once before training (cached on disk); then the target,
 of any architecture, is trained from scratch with cross-entropy on the cluster ids of its training
 images (k classes). Dataset labels are not used for training; when present they only
-give the clusters' NMI. Evaluation scores the pseudo-label task: the nearest-centroid cluster of
+give the clusters' NMI. Unlabelled images (``data.unlabeled``) are clustered and learned from like the
+labelled ones. Evaluation scores the pseudo-label task: the nearest-centroid cluster of
 each test image.
 """
 from __future__ import annotations
@@ -89,6 +90,8 @@ class ClusterTransfer(Method):
     The pseudo-labels come from :meth:`prepare` (or are given); a rebuilt run (evaluate, export) has none."""
 
     options_class = ClusterTransferOptions
+    learns_from_unlabeled = True
+    uses_labels = False  # the cluster ids are the labels
 
     def __init__(self, target: TargetNetwork, train_labels: Tensor | None = None, test_labels: Tensor | None = None,
                  summary: dict[str, Any] | None = None) -> None:

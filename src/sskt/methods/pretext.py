@@ -38,6 +38,8 @@ class RotationPretext(Method):
     """RotNet (Gidaris et al. 2018): the target classifies 0/90/180/270-degree turns (4 classes)."""
 
     options_class = RotationOptions
+    learns_from_unlabeled = True
+    uses_labels = False  # the turns are the labels
 
     def __init__(self, target: TargetNetwork, options: RotationOptions) -> None:
         super().__init__(target)
@@ -98,6 +100,8 @@ class JigsawPretext(Method):
 
     default_replaced = 0
     options_class = JigsawOptions
+    learns_from_unlabeled = True
+    uses_labels = False  # the permutations are the labels
 
     def __init__(self, target: TargetNetwork, options: JigsawOptions, in_shape: tuple[int, ...]) -> None:
         super().__init__(target)
