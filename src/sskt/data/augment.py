@@ -1,10 +1,13 @@
-"""Augmentation of whole batches on tensors: random crop with zero padding and horizontal flip.
+"""Augmentation of whole batches on tensors: random crop with zero padding and horizontal flip; mixup.
 
 Each image's view is described by ``(dx, dy, flip)``, so any view can be rebuilt exactly
 (:func:`apply_view`) — the soft-label cache replays stored views this way.
 """
 from __future__ import annotations
 
+import hashlib
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -67,3 +70,36 @@ class BatchAugment:
         if view is None:
             view = self.sample_views(images.shape[0])
         return to_float(apply_view(images, view, self.padding)), view.to(images.device)
+
+
+def mix_images(images: Tensor, alpha: float, seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Mixup (Zhang et al. 2018) of a batch with a shuffled copy of itself, one weight per image:
+    image i becomes ``lam[i] * images[i] + (1 - lam[i]) * images[perm[i]]``, ``lam ~ Beta(alpha, alpha)``.
+
+    Drawn from ``seed`` alone (no global generator), so a resumed run mixes what the uninterrupted one did.
+    Returns ``(mixed, lam (B,), perm (B,))``.
+
+    Example:
+        >>> x = torch.stack([torch.zeros(3, 2, 2), torch.ones(3, 2, 2)])
+        >>> mixed, lam, perm = mix_images(x, alpha=1.0, seed=0)
+        >>> bool(torch.allclose(mixed[0], lam[0] * x[0] + (1 - lam[0]) * x[perm[0]]))
+        True
+    """
+    if alpha <= 0:
+        raise ValueError(f"mixup alpha must be > 0, got {alpha}")
+    rng = np.random.default_rng(seed)
+    n = images.shape[0]
+    perm = torch.from_numpy(rng.permutation(n)).to(images.device)
+    lam = torch.from_numpy(rng.beta(alpha, alpha, n)).to(images.device, images.dtype)
+    shape = (n,) + (1,) * (images.dim() - 1)
+    return lam.view(shape) * images + (1 - lam.view(shape)) * images[perm], lam, perm
+
+
+def batch_seed(batch: dict[str, Tensor]) -> int:
+    """A seed that is a pure function of what a training batch is (its images' indices and views, else its
+    pixels): randomness drawn from it is the same in a resumed run, whatever the global generators hold."""
+    h = hashlib.blake2b(digest_size=8)
+    keys = [k for k in ("index", "view") if k in batch] or ["image"]
+    for key in keys:
+        h.update(batch[key].detach().cpu().contiguous().numpy().tobytes())
+    return int.from_bytes(h.digest(), "little") >> 1

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Sequence
 import torch
 from torch import Tensor, nn
 
+from sskt.data.augment import batch_seed, mix_images
 from sskt.errors import SSKTError
 from sskt.losses import SOFT_LOSSES, feature_regression
 from sskt.methods._util import adapt_source, evaluate_once, make_room_for_adaptation
@@ -52,6 +53,11 @@ class SSKTOptions:
     ``cache``: None (live sources) or a soft-label cache, e.g. ``{mode: exact, views: 8, topk: 10}``
     (:class:`~sskt.sources.cache_keys.CacheSpec`); built (or opened) by :meth:`SSKT.prepare` before
     training, then no source runs while training.
+    ``mixup``: 0 (off) or the Beta parameter of *function matching* (Beyer et al. 2022, "Knowledge
+    distillation: a good teacher is patient and consistent"): the auxiliary losses are computed on mixup
+    images of each batch (:func:`~sskt.data.augment.mix_images`), which the target and the live sources see
+    alike, so every step asks the sources about new inputs; the target loss keeps the batch's own images.
+    Needs live sources (no ``cache``).
     """
 
     sources: Annotated[list[SourceConfig], Parsed(source_config, each=True)] = field(default_factory=list)
@@ -66,6 +72,7 @@ class SSKTOptions:
     alpha: float = 0.1
     source_precision: str = "auto"
     cache: Annotated[CacheSpec | None, Parsed(cache_spec)] = None
+    mixup: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.sources:
@@ -80,6 +87,10 @@ class SSKTOptions:
             raise SSKTError(f"temperature must be > 0, got {self.temperature}")
         if self.alpha < 0:
             raise SSKTError(f"alpha must be >= 0, got {self.alpha}")
+        if self.mixup < 0:
+            raise SSKTError(f"mixup must be >= 0 (0 = off; 1.0 is usual), got {self.mixup}")
+        if self.mixup and self.cache is not None:
+            raise SSKTError("method.mixup needs the sources live (every mixed image is new); drop method.cache")
         SOFT_LOSSES.get(self.aux_loss)
 
 
@@ -232,8 +243,12 @@ class SSKT(Method):
     def training_step(self, batch: dict[str, Tensor]) -> StepOutput:
         feats = self.target.forward_features(batch["image"])
         target_loss = self.target_loss(feats.logits, batch)
-        teacher = self.soft_labels(batch)
-        predicted = self.aux_predictions(feats)
+        if self.options.mixup:  # function matching: target and sources on the same new, mixed images
+            mixed, _, _ = mix_images(batch["image"], self.options.mixup, batch_seed(batch))
+            taught, teacher = self.target.forward_features(mixed), self.bank(mixed)
+        else:
+            taught, teacher = feats, self.soft_labels(batch)
+        predicted = self.aux_predictions(taught)
         raw = {src.name: self.source_loss(src, predicted[src.name], teacher[src.name], temperature)
                for src, (temperature, _) in zip(self.bank.sources, self.weights)}
         self.weighting.measure(target_loss, raw, self.shared_parameters())
