@@ -141,9 +141,10 @@ def test_a_trained_run_is_rebuilt_and_evaluated_without_its_preparation(tmp_path
 
 
 def test_fit_refuses_unlabelled_images_before_preparing(tmp_path, monkeypatch):
-    _forbid(monkeypatch, pipeline, "cluster_images")
-    raw = tiny_config(tmp_path, data={"unlabeled": "rest"},
-                      method={"name": "cluster-transfer", "teacher": "hog", "hog_cell": 4, "k": 5})
+    from sskt.methods.base import Method
+
+    _forbid(monkeypatch, Method, "prepare")
+    raw = tiny_config(tmp_path, data={"unlabeled": "rest"}, method={"name": "scratch"})
     with pytest.raises(SSKTError, match="does not learn from unlabelled images"):
         fit(ExperimentConfig.from_dict(raw))
 
