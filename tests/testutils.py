@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,3 +51,14 @@ class FakeModule:
 
     def manual_backward(self, loss: Any) -> None:
         loss.backward()
+
+
+class CrashInEpoch(L.Callback):
+    """Raises "simulated crash" at the third step of ``epoch``: the interruption a resume test recovers from."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_start(self, trainer: Any, module: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.current_epoch == self.epoch and batch_idx == 2:
+            raise RuntimeError("simulated crash")

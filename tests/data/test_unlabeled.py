@@ -6,7 +6,6 @@ import json
 import struct
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -25,7 +24,7 @@ from sskt.models.factory import create_model
 from sskt.models.target import TargetNetwork
 from sskt.sources.source import Source
 
-from testutils import tiny_config
+from testutils import CrashInEpoch, tiny_config
 
 # ------------------------------------------------------------------------------------------- sampler
 
@@ -226,15 +225,6 @@ def test_unlabelled_folder_of_another_size_is_resized_to_the_training_images(tmp
     assert result.record["unlabeled_images"] == 12
 
 
-class _CrashInEpoch(L.Callback):
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        if trainer.current_epoch == self.epoch and batch_idx == 2:
-            raise RuntimeError("simulated crash")
-
-
 def test_resumed_run_with_unlabelled_images_is_bit_identical(tmp_path):
     cache = tmp_path / "cache"
 
@@ -245,7 +235,7 @@ def test_resumed_run_with_unlabelled_images_is_bit_identical(tmp_path):
 
     whole = fit(cfg("whole"))
     with pytest.raises(RuntimeError, match="simulated crash"):
-        fit(cfg("resumed"), callbacks=[_CrashInEpoch(1)])
+        fit(cfg("resumed"), callbacks=[CrashInEpoch(1)])
     ckpt = tmp_path / "resumed" / "run" / "checkpoints" / "last.ckpt"
     assert [h["epoch"] for h in torch.load(ckpt, weights_only=False)["sskt"]["history"]] == [0]
     resumed = fit(cfg("resumed"))

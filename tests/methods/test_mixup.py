@@ -2,7 +2,6 @@
 target and the live sources see alike; the target loss on the batch's own images; reproducible mixing."""
 from __future__ import annotations
 
-import lightning as L
 import pytest
 import torch
 
@@ -15,7 +14,7 @@ from sskt.methods.sskt import SSKT, SSKTOptions
 from sskt.models.factory import create_model
 from sskt.models.target import TargetNetwork
 from sskt.sources.source import Source
-from testutils import tiny_config
+from testutils import CrashInEpoch, tiny_config
 
 
 def test_mix_images_hand_computation_and_reproducibility() -> None:
@@ -93,15 +92,6 @@ def test_mixup_options_are_checked_in_one_line() -> None:
         SSKTOptions(sources=[{"name": "s"}], mixup=-1.0)
 
 
-class _CrashInEpoch(L.Callback):
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        if trainer.current_epoch == self.epoch and batch_idx == 2:
-            raise RuntimeError("simulated crash")
-
-
 def test_mixup_run_resumes_bit_identically(tmp_path) -> None:
     """Through the engine (live source, unlabelled images too): a crashed run, resumed, ends where the
     uninterrupted one did, because the mixing depends on the batch alone."""
@@ -115,7 +105,7 @@ def test_mixup_run_resumes_bit_identically(tmp_path) -> None:
 
     whole = fit(cfg("whole"))
     with pytest.raises(RuntimeError, match="simulated crash"):
-        fit(cfg("resumed"), callbacks=[_CrashInEpoch(1)])
+        fit(cfg("resumed"), callbacks=[CrashInEpoch(1)])
     resumed = fit(cfg("resumed"))
     assert resumed.record["resumed_from"] is not None and resumed.final == whole.final
     a = torch.load(tmp_path / "whole" / "run" / "target.pt", weights_only=True)["state_dict"]
