@@ -66,6 +66,25 @@ def plot_weights(run: Path, out: Path) -> Path | None:
     return out
 
 
+def seed_to_seed_lines(scratch: dict[int, float], singles: dict[str, dict[int, float]]) -> list[str]:
+    """The noise ceiling of the goal: Kendall's tau between the gains measured with one seed and with another
+    (same sources). A score can't be shown to rank better than the measurement agrees with itself."""
+    seeds = sorted(set(scratch).intersection(*singles.values())) if singles else []
+    lines = ["| seeds compared | Kendall's tau-b between their gains | sources |", "|---|---|---|"]
+    taus = []
+    for i, a in enumerate(seeds):
+        for b in seeds[i + 1:]:
+            ga = [f[a] - scratch[a] for f in singles.values()]
+            gb = [f[b] - scratch[b] for f in singles.values()]
+            tau = float(kendalltau(ga, gb)[0])
+            taus.append(tau)
+            lines.append(f"| {a} vs {b} | {tau:+.3f} | {len(ga)} |")
+    if not taus:
+        return []
+    return ["Seed-to-seed agreement of the measured gains (the ceiling any score's tau is measured against):",
+            "", *lines, f"| mean | {statistics.fmean(taus):+.3f} | |"]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", default="runs/bench/source_pool")
@@ -116,6 +135,7 @@ def main() -> None:
             continue
         tau, pval = kendalltau([a for a, _ in pairs], [b for _, b in pairs])
         lines.append(f"| {k} | {tau:+.3f} | {pval:.3f} | {len(pairs)} |")
+    lines += ["", *seed_to_seed_lines(scratch, {r["source"]: singles[r["source"]] for r in rows})]
     text = "\n".join(lines) + "\n"
     Path(args.out).write_text(text)
     print(text)
