@@ -1,4 +1,4 @@
-"""``sskt quickstart``: the 30-second demo of :mod:`sskt.experiments.quickstart`.
+"""``sskt quickstart``: the 2-minute demo of :mod:`sskt.experiments.quickstart`.
 
 The demo (and with it the engine) is imported when the command runs: ``sskt --help`` stays fast.
 """
@@ -14,7 +14,7 @@ def _quickstart_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/quickstart")
 
 
-@command("quickstart", "a 30-second demo on bundled digits: scratch vs SSKT over 3 seeds, no download", _quickstart_args)
+@command("quickstart", "a 2-minute demo on bundled digits: scratch vs SSKT over 3 seeds, no download", _quickstart_args)
 def run_quickstart(args: argparse.Namespace) -> int:
     from sskt.experiments.quickstart import quickstart
 
