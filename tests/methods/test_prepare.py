@@ -182,3 +182,18 @@ def test_sskt_cache_without_a_cache_is_one_line(tmp_path, capsys, monkeypatch, m
     _forbid(monkeypatch, builder, "load_data")  # refused before any data is read
     code, out, err = _cli(tmp_path, capsys, tiny_config(tmp_path, method=method))
     assert code == 2 and not out and err.startswith("sskt: error: ") and says in err and "\n" not in err
+
+
+@pytest.mark.parametrize("head, weighting, warned", [("main", "fixed", True), ("main", "gradsim", False),
+                                                     ("transfer", "fixed", False)])
+def test_a_weak_adapted_source_teaching_the_main_head_is_warned_about(tmp_path, monkeypatch, capsys, head,
+                                                                       weighting, warned):
+    # Measured: a 26%-accurate adapted source as head: main's teacher cost 10.6 points; gradsim switched it off.
+    import sskt.methods.sskt as sskt_module
+
+    monkeypatch.setattr(sskt_module, "adapt_source", lambda src, ctx: {"val_top1": 26.4, "train_images": 100.0})
+    method, ctx = _built(tmp_path, {"name": "sskt", "head": head, "weighting": weighting, "source_precision": "fp32",
+                                    "sources": [{**SOURCE, "adapt": "probe"}]}, val_per_class=2)
+    method.prepare(ctx)
+    err = capsys.readouterr().err
+    assert ("source 's' scores 26.4% on the validation split" in err and "method.weighting=gradsim" in err) == warned

@@ -6,6 +6,7 @@ augmented view. Loss = target loss + sum over sources of alpha_s * aux_loss(head
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Sequence
 
@@ -29,6 +30,10 @@ from sskt.validation import Parsed
 HEADS = ("linear", "transfer", "main")
 TRUNKS = ("per-source", "shared")
 MAX_DEFAULT_WIDTH = 256
+# Below this validation top-1 (%) an adapted source is a risky teacher for the main head itself: measured on
+# CIFAR-10 with 100 labels per class, a 26% source cost the target 10.6 points with head: main at fixed
+# weight, a 66% one gained 4 (BENCHMARKS.md, "ImageNet sources", item 19). A heuristic, hence a warning.
+WEAK_MAIN_TEACHER_TOP1 = 50.0
 
 
 @dataclass
@@ -96,6 +101,24 @@ class SSKTOptions:
 
 def _gated(x: Tensor, gate: float | None) -> Tensor:
     return x if gate is None else scale_gradient(x, gate)
+
+
+def weak_main_teachers(options: SSKTOptions, adapted: dict[str, dict]) -> list[str]:
+    """One warning line per adapted source that would teach the main head at a fixed weight although it
+    scored below :data:`WEAK_MAIN_TEACHER_TOP1` on the validation split.
+
+    Example:
+        >>> opts = SSKTOptions(sources=[{"name": "f", "arch": "cifar_resnet20"}], head="main")
+        >>> weak_main_teachers(opts, {"f": {"val_top1": 26.4}})[0][:41]
+        "sskt: warning: source 'f' scores 26.4% on"
+    """
+    if options.head != "main" or options.weighting.mode != "fixed":
+        return []
+    return [f"sskt: warning: source {name!r} scores {info['val_top1']:.1f}% on the validation split once adapted; "
+            f"as head: main's teacher a weak source can pull the target below scratch (a 26% source cost 10.6 "
+            f"points on CIFAR-10, BENCHMARKS.md item 19): add method.weighting=gradsim, which switches a "
+            f"disagreeing source off, or use head: transfer"
+            for name, info in adapted.items() if info.get("val_top1", 100.0) < WEAK_MAIN_TEACHER_TOP1]
 
 
 def _width(stage_shapes: list[tuple[int, ...]], width: int | None) -> int:
@@ -202,6 +225,8 @@ class SSKT(Method):
                 self.adapted[src.name] = adapt_source(src, ctx)
                 if laid_out:
                     src.to(memory_format=torch.channels_last)
+        for line in weak_main_teachers(self.options, self.adapted):
+            print(line, file=sys.stderr, flush=True)
         if self.options.cache is None:
             return []
         if ctx.train_data is None:
