@@ -1,4 +1,4 @@
-"""``sskt quickstart``: scratch vs SSKT on scikit-learn's bundled digits, no download, about a minute on 2 CPU cores.
+"""``sskt quickstart``: scratch vs SSKT on scikit-learn's bundled digits, no download, about 2 minutes on 2 CPU cores.
 
 The digits are split once into three disjoint parts: ``source`` (718 images), ``train`` (539) and
 ``test`` (540). A small source network is pretrained on the ``source`` part with all its labels.

@@ -116,8 +116,8 @@ def weak_main_teachers(options: SSKTOptions, adapted: dict[str, dict]) -> list[s
         return []
     return [f"sskt: warning: source {name!r} scores {info['val_top1']:.1f}% on the validation split once adapted; "
             f"as head: main's teacher a weak source can pull the target below scratch (a 26% source cost 10.6 "
-            f"points on CIFAR-10, BENCHMARKS.md item 19): add method.weighting=gradsim, which switches a "
-            f"disagreeing source off, or use head: transfer"
+            f"points on CIFAR-10, BENCHMARKS.md item 19): teach through head: transfer or drop that source "
+            f"(method.weighting=gradsim switches it off, but measured to erase a good source's gain too)"
             for name, info in adapted.items() if info.get("val_top1", 100.0) < WEAK_MAIN_TEACHER_TOP1]
 
 
