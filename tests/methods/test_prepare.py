@@ -197,4 +197,4 @@ def test_a_weak_adapted_source_teaching_the_main_head_is_warned_about(tmp_path, 
                                     "sources": [{**SOURCE, "adapt": "probe"}]}, val_per_class=2)
     method.prepare(ctx)
     err = capsys.readouterr().err
-    assert ("source 's' scores 26.4% on the validation split" in err and "head: transfer" in err) == warned
+    assert ("source 's' scores 26.4% on the validation split" in err and "use head: auto" in err) == warned

@@ -9,6 +9,12 @@ from sskt.evaluation.scoring import evaluate_on_test
 from sskt.methods.base import BuildContext
 from sskt.sources.source import Source
 
+# Below this validation top-1 (%) an adapted source is a risky teacher for the target's main head: measured on
+# CIFAR-10 with 100 labels per class, a 26% source cost the target 10.6 points as head: main's teacher at a
+# fixed weight, a 66% one gained 4, an 88% one 7.9 (BENCHMARKS.md, "ImageNet sources", item 19). A heuristic:
+# a warning for head: main and KD, the bar of SSKT's head: auto.
+WEAK_MAIN_TEACHER_TOP1 = 50.0
+
 
 def evaluate_once(src: Source, data: Any) -> float | None:
     """Test top-1 (%) of a frozen source, measured once per process for the same weights and data (a
@@ -57,6 +63,21 @@ def adapt_source(src: Source, ctx: BuildContext) -> dict:
     print(f"sskt: fitting a linear probe on source {src.name!r}'s features of {len(ctx.labeled_data)} labelled "
           f"images (adapt: probe)", file=sys.stderr, flush=True)
     return fit_probe_in_place(src, ctx.labeled_data, ctx.val_data)
+
+
+def weak_teacher_warnings(adapted: dict[str, dict], advice: str,
+                          bar: float = WEAK_MAIN_TEACHER_TOP1) -> list[str]:
+    """One warning line per adapted source that teaches the main head although it scored below ``bar`` (%) on
+    the validation split; ``advice`` says what to do instead.
+
+    Example:
+        >>> weak_teacher_warnings({"f": {"val_top1": 26.4}, "g": {"val_top1": 66.4}}, "drop it")[0][:41]
+        "sskt: warning: source 'f' scores 26.4% on"
+    """
+    return [f"sskt: warning: source {name!r} scores {info['val_top1']:.1f}% on the validation split once adapted; "
+            f"as a teacher of the main head a weak source can pull the target below scratch (a 26% source cost "
+            f"10.6 points on CIFAR-10, BENCHMARKS.md item 19): {advice}"
+            for name, info in adapted.items() if info.get("val_top1", 100.0) < bar]
 
 
 def as_list(obj: Any) -> list:

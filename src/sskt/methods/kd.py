@@ -6,6 +6,7 @@ KD teacher: that is what SSKT's auxiliary heads are for.
 """
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -16,7 +17,7 @@ from torch import Tensor, nn
 
 from sskt.errors import SSKTError
 from sskt.losses import kd_loss
-from sskt.methods._util import adapt_source, evaluate_once, make_room_for_adaptation
+from sskt.methods._util import adapt_source, evaluate_once, make_room_for_adaptation, weak_teacher_warnings
 from sskt.methods.base import METHODS, BuildContext, Method, StepOutput, parse_options
 from sskt.models.target import TargetNetwork
 from sskt.sources.source import Source, SourceConfig, build_source, source_config
@@ -116,6 +117,10 @@ class KD(Method):
         """With ``adapt: probe``, fit the teacher's probe on ``ctx``'s labelled training images."""
         if self.adapt_teacher and not self.adapted_teacher:
             self.adapted_teacher = adapt_source(self.teacher, ctx)
+            advice = ("use method sskt with head: auto (a source below the bar teaches its own auxiliary head, not "
+                      "the main one) or another teacher")
+            for line in weak_teacher_warnings({self.teacher.name: self.adapted_teacher}, advice):
+                print(line, file=sys.stderr, flush=True)
         return []
 
     def frozen_modules(self) -> list[nn.Module]:

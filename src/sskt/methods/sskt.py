@@ -16,7 +16,9 @@ from torch import Tensor, nn
 from sskt.data.augment import batch_seed, mix_images
 from sskt.errors import SSKTError
 from sskt.losses import SOFT_LOSSES, feature_regression
-from sskt.methods._util import adapt_source, evaluate_once, make_room_for_adaptation
+from sskt.evaluation.scoring import evaluate_on_test
+from sskt.methods._util import (WEAK_MAIN_TEACHER_TOP1, adapt_source, evaluate_once, make_room_for_adaptation,
+                               weak_teacher_warnings)
 from sskt.methods.base import METHODS, BuildContext, Method, StepOutput, parse_options, target_loss_fn
 from sskt.methods.source_weighting import SourceWeighting, WeightingOptions, scale_gradient, weighting_options
 from sskt.models.heads import LinearHead, SharedTransferHeads, TransferModule
@@ -27,22 +29,21 @@ from sskt.sources.cache_keys import CacheSpec, cache_spec
 from sskt.sources.source import Source, SourceConfig, build_source, source_config
 from sskt.validation import Parsed
 
-HEADS = ("linear", "transfer", "main")
+HEADS = ("linear", "transfer", "main", "auto")
 TRUNKS = ("per-source", "shared")
 MAX_DEFAULT_WIDTH = 256
-# Below this validation top-1 (%) an adapted source is a risky teacher for the main head itself: measured on
-# CIFAR-10 with 100 labels per class, a 26% source cost the target 10.6 points with head: main at fixed
-# weight, a 66% one gained 4 (BENCHMARKS.md, "ImageNet sources", item 19). A heuristic, hence a warning.
-WEAK_MAIN_TEACHER_TOP1 = 50.0
 
 
 @dataclass
 class SSKTOptions:
     """Options of the SSKT method.
 
-    ``head``: ``transfer`` (merges the tapped stages), ``linear`` (on pooled features), or ``main`` (no
+    ``head``: ``transfer`` (merges the tapped stages), ``linear`` (on pooled features), ``main`` (no
     auxiliary head: the main head itself learns the sources' soft labels, as in KD; for sources that
-    predict the target's classes, e.g. with ``adapt: probe``).
+    predict the target's classes, e.g. with ``adapt: probe``), or ``auto``: each source is judged once,
+    before training (:meth:`SSKT.prepare`): one that predicts the target's classes and scores at least
+    ``auto_min_top1`` (%) on the validation split teaches the main head, every other one its own transfer
+    module (a weak teacher of the main head can cost the target more than it gives: BENCHMARKS.md item 19).
     ``transfer_trunk``: ``per-source`` (a transfer module per source, as in the paper) or ``shared`` (one
     set of stage branches for all sources, a linear layer each: many sources at the cost of one).
     ``weighting``: ``fixed`` (each source's alpha), ``gradsim`` or ``uncertainty`` (set while training and
@@ -78,6 +79,7 @@ class SSKTOptions:
     source_precision: str = "auto"
     cache: Annotated[CacheSpec | None, Parsed(cache_spec)] = None
     mixup: float = 0.0
+    auto_min_top1: float = WEAK_MAIN_TEACHER_TOP1
 
     def __post_init__(self) -> None:
         if not self.sources:
@@ -86,6 +88,11 @@ class SSKTOptions:
             raise SSKTError(f"head must be one of {HEADS}, got {self.head!r}")
         if self.transfer_trunk not in TRUNKS:
             raise SSKTError(f"transfer_trunk must be one of {TRUNKS}, got {self.transfer_trunk!r}")
+        if self.head == "auto" and self.weighting.mode == "gradsim":
+            raise SSKTError("head: auto judges each source before training and weighting: gradsim while training; "
+                            "use one of them (gradsim measured to erase a good source's gain, BENCHMARKS.md item 19)")
+        if not 0.0 <= self.auto_min_top1 <= 100.0:
+            raise SSKTError(f"auto_min_top1 is a top-1 accuracy in %, 0 to 100; got {self.auto_min_top1}")
         if self.transfer_trunk == "shared" and self.head != "transfer":
             raise SSKTError(f"transfer_trunk: shared needs head: transfer, got head: {self.head}")
         if self.temperature <= 0:
@@ -101,24 +108,6 @@ class SSKTOptions:
 
 def _gated(x: Tensor, gate: float | None) -> Tensor:
     return x if gate is None else scale_gradient(x, gate)
-
-
-def weak_main_teachers(options: SSKTOptions, adapted: dict[str, dict]) -> list[str]:
-    """One warning line per adapted source that would teach the main head at a fixed weight although it
-    scored below :data:`WEAK_MAIN_TEACHER_TOP1` on the validation split.
-
-    Example:
-        >>> opts = SSKTOptions(sources=[{"name": "f", "arch": "cifar_resnet20"}], head="main")
-        >>> weak_main_teachers(opts, {"f": {"val_top1": 26.4}})[0][:41]
-        "sskt: warning: source 'f' scores 26.4% on"
-    """
-    if options.head != "main" or options.weighting.mode != "fixed":
-        return []
-    return [f"sskt: warning: source {name!r} scores {info['val_top1']:.1f}% on the validation split once adapted; "
-            f"as head: main's teacher a weak source can pull the target below scratch (a 26% source cost 10.6 "
-            f"points on CIFAR-10, BENCHMARKS.md item 19): teach through head: transfer or drop that source "
-            f"(method.weighting=gradsim switches it off, but measured to erase a good source's gain too)"
-            for name, info in adapted.items() if info.get("val_top1", 100.0) < WEAK_MAIN_TEACHER_TOP1]
 
 
 def _width(stage_shapes: list[tuple[int, ...]], width: int | None) -> int:
@@ -164,6 +153,7 @@ class SSKT(Method):
         super().__init__(target)
         self.options = options
         self.target_loss = target_loss_fn(options.target_loss, multilabel, options.focal_gamma)
+        self.multilabel = multilabel
         self.aux_loss = SOFT_LOSSES.get(options.aux_loss)
         self.bank = SourceBank(sources, options.source_precision)
         # (temperature, alpha) per source, in source order.
@@ -180,10 +170,12 @@ class SSKT(Method):
         elif options.transfer_trunk == "shared":
             self.heads = make_shared_heads(target, example, {s.name: s.num_classes for s in sources},
                                            options.transfer_width)
-        else:
+        else:  # head: auto starts as transfer: prepare() moves the sources that pass its bar to the main head
+            kind = "transfer" if options.head == "auto" else options.head
             self.heads = nn.ModuleDict(
-                {s.name: make_head(options.head, target, example, s.num_classes, options.transfer_width)
-                 for s in sources})
+                {s.name: make_head(kind, target, example, s.num_classes, options.transfer_width) for s in sources})
+        # The sources whose soft labels the main head learns (all with head: main; chosen in prepare() for auto).
+        self.main_taught: list[str] = [s.name for s in sources] if options.head == "main" else []
         self.weighting = SourceWeighting([s.name for s in sources], [a for _, a in self.weights], options.weighting,
                                          gated_in_graph=options.head != "main")
         self.cache = None  # a SoftLabelCache once attach_cache() is called: then sources never run in training
@@ -225,8 +217,13 @@ class SSKT(Method):
                 self.adapted[src.name] = adapt_source(src, ctx)
                 if laid_out:
                     src.to(memory_format=torch.channels_last)
-        for line in weak_main_teachers(self.options, self.adapted):
-            print(line, file=sys.stderr, flush=True)
+        if self.options.head == "main" and self.options.weighting.mode == "fixed":
+            advice = ("use head: auto (a source below the bar teaches its own transfer module) or drop that source "
+                      "(method.weighting=gradsim switches it off, but measured to erase a good source's gain too)")
+            for line in weak_teacher_warnings(self.adapted, advice):
+                print(line, file=sys.stderr, flush=True)
+        if self.options.head == "auto":
+            self.main_taught = self.judge_sources(ctx)
         if self.options.cache is None:
             return []
         if ctx.train_data is None:
@@ -235,6 +232,32 @@ class SSKT(Method):
         flip = ctx.data.flip if ctx.data is not None else True
         self.attach_cache(self.options.cache, ctx.train_data.images, ctx.train_data.targets, padding, flip)
         return self.cache.report()
+
+    def judge_sources(self, ctx: BuildContext) -> list[str]:
+        """``head: auto``: the sources that teach the main head: those that predict the target's classes
+        (adapted with ``adapt: probe``, or trained on them in the same order) and score at least
+        ``auto_min_top1`` on ``ctx``'s validation split. Prints one line per source saying what it teaches."""
+        eligible = [s for s in self.bank.sources if s.outputs == "logits" and s.num_classes == self.target.num_classes
+                    and not self.multilabel]
+        if eligible and ctx.val_data is None:
+            raise SSKTError("head: auto judges each source on the validation split, and this run has none: set "
+                            "data.val_per_class (e.g. 50), or choose head: main / transfer yourself")
+        chosen = []
+        for src in self.bank.sources:
+            if src in eligible:
+                top1 = self.adapted.get(src.name, {}).get("val_top1")
+                if top1 is None:  # a source trained on the target's classes, not adapted: measure it
+                    top1 = evaluate_on_test(src, ctx.val_data)
+                passed = top1 >= self.options.auto_min_top1
+                print(f"sskt: head: auto: source {src.name!r} scores {top1:.1f}% on the validation split "
+                      f"({'at least' if passed else 'below'} {self.options.auto_min_top1:g}%): it teaches "
+                      f"{'the main head' if passed else 'its own transfer module'}", file=sys.stderr, flush=True)
+                if passed:
+                    chosen.append(src.name)
+            else:
+                print(f"sskt: head: auto: source {src.name!r} does not predict the target's classes: it teaches its "
+                      f"own transfer module", file=sys.stderr, flush=True)
+        return chosen
 
     def attach_cache(self, spec: "dict | CacheSpec", images: Tensor, targets: Tensor, padding: int, flip: bool,
                      **build_options) -> None:
@@ -291,13 +314,14 @@ class SSKT(Method):
     def aux_predictions(self, feats: Features) -> dict[str, Tensor]:
         """Each source's auxiliary prediction: its head's (or the main head's, with ``head: main``). With
         gradsim, the gradient each head sends back into the layers it shares is scaled by its gate."""
-        if self.options.head == "main":
+        if len(self.main_taught) == len(self.bank.sources):
             return {src.name: feats.logits for src in self.bank.sources}
         gates = self.weighting.gates() or {}
         if isinstance(self.heads, SharedTransferHeads):
             merged = self.heads.merge(feats.stages)
             return {name: fc(_gated(merged, gates.get(name))) for name, fc in self.heads.fcs.items()}
-        return {name: head(_gated(feats.pooled, gates.get(name)), [_gated(s, gates.get(name)) for s in feats.stages])
+        return {name: feats.logits if name in self.main_taught else
+                head(_gated(feats.pooled, gates.get(name)), [_gated(s, gates.get(name)) for s in feats.stages])
                 for name, head in self.heads.items()}
 
     def shared_parameters(self) -> list[nn.Parameter]:
@@ -311,6 +335,8 @@ class SSKT(Method):
         out: dict[str, Any] = {}
         if self.options.weighting.mode != "fixed":
             out["final_weight"] = self.weighting.effective()
+        if self.options.head == "auto":
+            out["teaches"] = {s.name: "main" if s.name in self.main_taught else "transfer" for s in self.bank.sources}
         for src in self.bank.sources:
             if src.name in self.adapted:
                 info = dict(self.adapted[src.name])

@@ -1,0 +1,97 @@
+"""SSKT's ``head: auto``: each source judged once, before training, on the validation split; a strong one
+teaches the main head, a weak or foreign one its own transfer module. And the weak-teacher warning of KD."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import sskt.methods._util as util
+import sskt.methods.sskt as sskt_module
+from sskt.config import ExperimentConfig
+from sskt.data.datasets import load_data
+from sskt.engine.run import build_context
+from sskt.errors import SSKTError
+from sskt.methods import build_method
+from sskt.methods.base import parse_options
+from testutils import tiny_config
+
+FOREIGN = {"name": "f", "arch": "cifar_resnet20", "num_classes": 7, "input_size": 8}  # 7 classes: not the target's 10
+
+
+def _built(tmp_path, method: dict, val_per_class: int | None = 2):
+    cfg = ExperimentConfig.from_dict(tiny_config(tmp_path, method={"name": "sskt", "source_precision": "fp32",
+                                                                   **method}, data={"val_per_class": val_per_class}))
+    ctx = build_context(cfg, load_data(cfg.data))
+    torch.manual_seed(0)  # the same target and heads for every head option
+    return build_method(cfg.method, ctx), ctx
+
+
+def _fake_probe(monkeypatch, val_top1: float) -> None:
+    monkeypatch.setattr(sskt_module, "adapt_source", lambda src, ctx: {"val_top1": val_top1, "train_images": 100.0})
+
+
+def _losses(method, ctx) -> dict[str, float]:
+    batch = {"image": ctx.train_data.images[:8].float() / 255.0, "target": ctx.train_data.targets[:8]}
+    return {k: round(v.item(), 6) for k, v in method.training_step(batch).losses.items()}
+
+
+@pytest.mark.parametrize("val_top1, taught_by_hand", [(66.4, "main"), (26.4, "transfer")])
+def test_auto_teaches_as_the_user_would_by_hand(tmp_path, monkeypatch, capsys, val_top1, taught_by_hand):
+    # A strong adapted source teaches the main head, a weak one its own transfer module: the same losses as
+    # head: main (resp. transfer) chosen by hand, from the same weights.
+    _fake_probe(monkeypatch, val_top1)
+    source = {**FOREIGN, "adapt": "probe"}
+    auto, ctx = _built(tmp_path, {"head": "auto", "sources": [source]})
+    auto.prepare(ctx)
+    err = capsys.readouterr().err
+    assert f"source 'f' scores {val_top1}% on the validation split" in err
+    assert ("it teaches the main head" in err) == (taught_by_hand == "main")
+    assert auto.extra_results()["teaches"] == {"f": taught_by_hand}
+    by_hand, ctx2 = _built(tmp_path, {"head": taught_by_hand, "sources": [source]})
+    by_hand.prepare(ctx2)
+    assert _losses(auto, ctx) == _losses(by_hand, ctx2)
+
+
+def test_auto_measures_an_unadapted_source_of_the_targets_classes_and_keeps_foreign_ones_on_transfer(
+        tmp_path, capsys):
+    same_labels = {"name": "same", "arch": "cifar_resnet20", "num_classes": 10, "input_size": 8}
+    sources = [same_labels, FOREIGN]
+    low_bar, ctx = _built(tmp_path, {"head": "auto", "auto_min_top1": 0.0, "sources": sources})
+    low_bar.prepare(ctx)
+    assert low_bar.main_taught == ["same"]
+    err = capsys.readouterr().err
+    assert "source 'f' does not predict the target's classes: it teaches its own transfer module" in err
+    high_bar, ctx = _built(tmp_path, {"head": "auto", "auto_min_top1": 100.0, "sources": sources})
+    high_bar.prepare(ctx)
+    assert high_bar.main_taught == []  # an untrained 10-class network scores below 100% on 20 digits
+
+
+def test_auto_without_a_validation_split_is_one_clear_line(tmp_path, monkeypatch):
+    _fake_probe(monkeypatch, 66.4)
+    method, ctx = _built(tmp_path, {"head": "auto", "sources": [{**FOREIGN, "adapt": "probe"}]}, val_per_class=None)
+    with pytest.raises(SSKTError, match="head: auto judges each source on the validation split.*val_per_class"):
+        method.prepare(ctx)
+
+
+@pytest.mark.parametrize("options, says", [({"weighting": "gradsim"}, "use one of them"),
+                                           ({"auto_min_top1": 150.0}, "0 to 100")])
+def test_auto_refuses_what_it_cannot_honour(options, says):
+    with pytest.raises(SSKTError, match=says):
+        parse_options(sskt_module.SSKTOptions, {"sources": [FOREIGN], "head": "auto", **options})
+
+
+def test_kd_warns_about_a_weak_adapted_teacher(tmp_path, monkeypatch, capsys):
+    import sskt.methods.kd as kd_module
+
+    monkeypatch.setattr(kd_module, "adapt_source", lambda src, ctx: {"val_top1": 26.4, "train_images": 100.0})
+    cfg = ExperimentConfig.from_dict(tiny_config(tmp_path, data={"val_per_class": 2}, method={
+        "name": "kd", "evaluate_teacher": False, "teacher": {**FOREIGN, "adapt": "probe"}}))
+    ctx = build_context(cfg, load_data(cfg.data))
+    build_method(cfg.method, ctx).prepare(ctx)
+    err = capsys.readouterr().err
+    assert "source 'f' scores 26.4% on the validation split" in err and "head: auto" in err
+    assert err.count("\n") == err.count("sskt: warning") + err.count("sskt: fitting")
+
+
+def test_the_warning_bar_is_the_auto_bar():
+    assert sskt_module.SSKTOptions(sources=[FOREIGN]).auto_min_top1 == util.WEAK_MAIN_TEACHER_TOP1
