@@ -9,7 +9,7 @@ import sskt.methods._util as util
 import sskt.methods.sskt as sskt_module
 from sskt.config import ExperimentConfig
 from sskt.data.datasets import load_data
-from sskt.engine.run import build_context
+from sskt.engine.run import build_context, fit
 from sskt.errors import SSKTError
 from sskt.methods import build_method
 from sskt.methods.base import parse_options
@@ -47,6 +47,8 @@ def test_auto_teaches_as_the_user_would_by_hand(tmp_path, monkeypatch, capsys, v
     assert f"source 'f' scores {val_top1}% on the validation split" in err
     assert ("it teaches the main head" in err) == (taught_by_hand == "main")
     assert auto.extra_results()["teaches"] == {"f": taught_by_hand}
+    # An unused transfer module stays out of the optimiser: the trained parameters are those of the hand choice.
+    assert all(p.requires_grad == (taught_by_hand == "transfer") for p in auto.heads["f"].parameters())
     by_hand, ctx2 = _built(tmp_path, {"head": taught_by_hand, "sources": [source]})
     by_hand.prepare(ctx2)
     assert _losses(auto, ctx) == _losses(by_hand, ctx2)
@@ -95,3 +97,14 @@ def test_kd_warns_about_a_weak_adapted_teacher(tmp_path, monkeypatch, capsys):
 
 def test_the_warning_bar_is_the_auto_bar():
     assert sskt_module.SSKTOptions(sources=[FOREIGN]).auto_min_top1 == util.WEAK_MAIN_TEACHER_TOP1
+
+
+def test_a_run_with_head_auto_trains_from_the_cache_on_unlabelled_images_and_records_its_choice(tmp_path):
+    # configs/imagenet_source.yaml's shape: an adapted source, unlabelled images, the soft-label cache.
+    method = {"name": "sskt", "head": "auto", "auto_min_top1": 0.0, "alpha": 1.0, "source_precision": "fp32",
+              "cache": {"mode": "exact", "views": 2, "dir": str(tmp_path / "cache")},
+              "sources": [{**FOREIGN, "adapt": "probe"}]}
+    raw = tiny_config(tmp_path, method=method, data={"val_per_class": 2, "unlabeled": "rest", "unlabeled_count": 40})
+    result = fit(ExperimentConfig.from_dict(raw))
+    assert result.record["teaches"] == {"f": "main"}
+    assert 0.0 <= result.final <= 100.0

@@ -224,6 +224,8 @@ class SSKT(Method):
                 print(line, file=sys.stderr, flush=True)
         if self.options.head == "auto":
             self.main_taught = self.judge_sources(ctx)
+            for name in self.main_taught:  # its transfer module is never used: out of the optimiser (and of DDP)
+                self.heads[name].requires_grad_(False)
         if self.options.cache is None:
             return []
         if ctx.train_data is None:
