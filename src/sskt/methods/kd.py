@@ -117,8 +117,7 @@ class KD(Method):
         """With ``adapt: probe``, fit the teacher's probe on ``ctx``'s labelled training images."""
         if self.adapt_teacher and not self.adapted_teacher:
             self.adapted_teacher = adapt_source(self.teacher, ctx)
-            advice = ("use method sskt with head: auto (a source below the bar teaches its own auxiliary head, not "
-                      "the main one) or another teacher")
+            advice = "use method sskt with head: auto (it leaves a source below the bar out) or another teacher"
             for line in weak_teacher_warnings({self.teacher.name: self.adapted_teacher}, advice):
                 print(line, file=sys.stderr, flush=True)
         return []

@@ -41,9 +41,11 @@ class SSKTOptions:
     ``head``: ``transfer`` (merges the tapped stages), ``linear`` (on pooled features), ``main`` (no
     auxiliary head: the main head itself learns the sources' soft labels, as in KD; for sources that
     predict the target's classes, e.g. with ``adapt: probe``), or ``auto``: each source is judged once,
-    before training (:meth:`SSKT.prepare`): one that predicts the target's classes and scores at least
-    ``auto_min_top1`` (%) on the validation split teaches the main head, every other one its own transfer
-    module (a weak teacher of the main head can cost the target more than it gives: BENCHMARKS.md item 19).
+    before training (:meth:`SSKT.prepare`): one that predicts the target's classes teaches the main head if
+    it scores at least ``auto_min_top1`` (%) on the validation split, and nothing otherwise (it is left out:
+    a weak teacher cost the target 10.6 points through the main head and 2.1 through a transfer module,
+    BENCHMARKS.md items 19-20); a source of other classes (which cannot be judged) teaches its own
+    transfer module.
     ``transfer_trunk``: ``per-source`` (a transfer module per source, as in the paper) or ``shared`` (one
     set of stage branches for all sources, a linear layer each: many sources at the cost of one).
     ``weighting``: ``fixed`` (each source's alpha), ``gradsim`` or ``uncertainty`` (set while training and
@@ -170,12 +172,14 @@ class SSKT(Method):
         elif options.transfer_trunk == "shared":
             self.heads = make_shared_heads(target, example, {s.name: s.num_classes for s in sources},
                                            options.transfer_width)
-        else:  # head: auto starts as transfer: prepare() moves the sources that pass its bar to the main head
+        else:  # head: auto starts as transfer: prepare() moves the judged sources to the main head or out
             kind = "transfer" if options.head == "auto" else options.head
             self.heads = nn.ModuleDict(
                 {s.name: make_head(kind, target, example, s.num_classes, options.transfer_width) for s in sources})
-        # The sources whose soft labels the main head learns (all with head: main; chosen in prepare() for auto).
+        # The sources whose soft labels the main head learns (all with head: main; chosen in prepare() for auto),
+        # and those head: auto left out (judged too weak to teach).
         self.main_taught: list[str] = [s.name for s in sources] if options.head == "main" else []
+        self.left_out: list[str] = []
         self.weighting = SourceWeighting([s.name for s in sources], [a for _, a in self.weights], options.weighting,
                                          gated_in_graph=options.head != "main")
         self.cache = None  # a SoftLabelCache once attach_cache() is called: then sources never run in training
@@ -218,14 +222,17 @@ class SSKT(Method):
                 if laid_out:
                     src.to(memory_format=torch.channels_last)
         if self.options.head == "main" and self.options.weighting.mode == "fixed":
-            advice = ("use head: auto (a source below the bar teaches its own transfer module) or drop that source "
+            advice = ("use head: auto (it leaves a source below the bar out) or drop that source yourself "
                       "(method.weighting=gradsim switches it off, but measured to erase a good source's gain too)")
             for line in weak_teacher_warnings(self.adapted, advice):
                 print(line, file=sys.stderr, flush=True)
         if self.options.head == "auto":
-            self.main_taught = self.judge_sources(ctx)
-            for name in self.main_taught:  # its transfer module is never used: out of the optimiser (and of DDP)
+            self.main_taught, self.left_out = self.judge_sources(ctx)
+            for name in self.main_taught + self.left_out:  # unused transfer modules: out of the optimiser (and DDP)
                 self.heads[name].requires_grad_(False)
+            for i, src in enumerate(self.bank.sources):
+                if src.name in self.left_out:
+                    self.weighting.alphas[i] = 0.0  # logged as weight 0
         if self.options.cache is None:
             return []
         if ctx.train_data is None:
@@ -235,16 +242,17 @@ class SSKT(Method):
         self.attach_cache(self.options.cache, ctx.train_data.images, ctx.train_data.targets, padding, flip)
         return self.cache.report()
 
-    def judge_sources(self, ctx: BuildContext) -> list[str]:
-        """``head: auto``: the sources that teach the main head: those that predict the target's classes
-        (adapted with ``adapt: probe``, or trained on them in the same order) and score at least
-        ``auto_min_top1`` on ``ctx``'s validation split. Prints one line per source saying what it teaches."""
+    def judge_sources(self, ctx: BuildContext) -> tuple[list[str], list[str]]:
+        """``head: auto``: (the sources that teach the main head, those left out). Each source that predicts
+        the target's classes (adapted with ``adapt: probe``, or trained on them in the same order) teaches the
+        main head if it scores at least ``auto_min_top1`` on ``ctx``'s validation split, and is left out
+        otherwise. Prints one line per source saying what it teaches."""
         eligible = [s for s in self.bank.sources if s.outputs == "logits" and s.num_classes == self.target.num_classes
                     and not self.multilabel]
         if eligible and ctx.val_data is None:
             raise SSKTError("head: auto judges each source on the validation split, and this run has none: set "
                             "data.val_per_class (e.g. 50), or choose head: main / transfer yourself")
-        chosen = []
+        chosen, left_out = [], []
         for src in self.bank.sources:
             if src in eligible:
                 top1 = self.adapted.get(src.name, {}).get("val_top1")
@@ -252,14 +260,14 @@ class SSKT(Method):
                     top1 = evaluate_on_test(src, ctx.val_data)
                 passed = top1 >= self.options.auto_min_top1
                 print(f"sskt: head: auto: source {src.name!r} scores {top1:.1f}% on the validation split "
-                      f"({'at least' if passed else 'below'} {self.options.auto_min_top1:g}%): it teaches "
-                      f"{'the main head' if passed else 'its own transfer module'}", file=sys.stderr, flush=True)
-                if passed:
-                    chosen.append(src.name)
+                      f"({'at least' if passed else 'below'} {self.options.auto_min_top1:g}%): "
+                      f"{'it teaches the main head' if passed else 'left out (a weak teacher costs accuracy)'}",
+                      file=sys.stderr, flush=True)
+                (chosen if passed else left_out).append(src.name)
             else:
                 print(f"sskt: head: auto: source {src.name!r} does not predict the target's classes: it teaches its "
                       f"own transfer module", file=sys.stderr, flush=True)
-        return chosen
+        return chosen, left_out
 
     def attach_cache(self, spec: "dict | CacheSpec", images: Tensor, targets: Tensor, padding: int, flip: bool,
                      **build_options) -> None:
@@ -288,18 +296,19 @@ class SSKT(Method):
         if self.cache is not None:
             raise SSKTError("SSKT has a soft-label cache but this batch carries no soft labels: prepare training "
                             "batches with sskt.data.views.TrainingViews(..., store=method.soft_label_store())")
-        return self.bank(batch["image"])
+        return self.bank(batch["image"], skip=self.left_out)
 
     def training_step(self, batch: dict[str, Tensor]) -> StepOutput:
         feats = self.target.forward_features(batch["image"])
         target_loss = self.target_loss(feats.logits, batch)
         if self.options.mixup:  # function matching: target and sources on the same new, mixed images
             mixed, _, _ = mix_images(batch["image"], self.options.mixup, batch_seed(batch))
-            taught, teacher = self.target.forward_features(mixed), self.bank(mixed)
+            taught, teacher = self.target.forward_features(mixed), self.bank(mixed, skip=self.left_out)
         else:
             taught, teacher = feats, self.soft_labels(batch)
         predicted = self.aux_predictions(taught)
         raw = {src.name: self.source_loss(src, predicted[src.name], teacher[src.name], temperature)
+               if src.name not in self.left_out else feats.logits.new_zeros(())
                for src, (temperature, _) in zip(self.bank.sources, self.weights)}
         self.weighting.measure(target_loss, raw, self.shared_parameters())
         weighted, effective = self.weighting(raw)
@@ -324,7 +333,7 @@ class SSKT(Method):
             return {name: fc(_gated(merged, gates.get(name))) for name, fc in self.heads.fcs.items()}
         return {name: feats.logits if name in self.main_taught else
                 head(_gated(feats.pooled, gates.get(name)), [_gated(s, gates.get(name)) for s in feats.stages])
-                for name, head in self.heads.items()}
+                for name, head in self.heads.items() if name not in self.left_out}
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """The layers every loss trains, where gradsim compares gradients: the target's deepest stage."""
@@ -338,7 +347,8 @@ class SSKT(Method):
         if self.options.weighting.mode != "fixed":
             out["final_weight"] = self.weighting.effective()
         if self.options.head == "auto":
-            out["teaches"] = {s.name: "main" if s.name in self.main_taught else "transfer" for s in self.bank.sources}
+            out["teaches"] = {s.name: "main" if s.name in self.main_taught else "nothing" if s.name in self.left_out
+                              else "transfer" for s in self.bank.sources}
         for src in self.bank.sources:
             if src.name in self.adapted:
                 info = dict(self.adapted[src.name])

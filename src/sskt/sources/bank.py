@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Sequence
+from typing import Collection, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -72,12 +72,15 @@ class SourceBank(nn.Module):
             return contextlib.nullcontext()
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
-    def forward(self, images: Tensor) -> dict[str, Tensor]:
-        """Logits of every source for a batch in [0, 1]: (B,C,H,W) images or (B,C,T,H,W) clips."""
+    def forward(self, images: Tensor, skip: Collection[str] = ()) -> dict[str, Tensor]:
+        """Logits of every source (but those named in ``skip``) for a batch in [0, 1]: (B,C,H,W) images or
+        (B,C,T,H,W) clips."""
         out: dict[str, Tensor] = {}
         resized: dict[tuple, Tensor] = {}
         with torch.inference_mode():
             for src in self.sources:
+                if src.name in skip:
+                    continue
                 view, regroup = _frames_for(src, images)
                 size = src.output_size(view.shape[-2])
                 key = (src.frames if images.ndim == 5 else "", size)
