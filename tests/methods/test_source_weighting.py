@@ -65,6 +65,17 @@ def test_fixed_weighting_is_alpha_times_the_soft_label_loss():
     assert "weighting.similarity" not in m.state_dict()  # fixed: checkpoints as before
 
 
+def test_a_left_out_source_weighs_zero_and_a_wrong_name_is_refused():
+    from sskt.methods.source_weighting import SourceWeighting, WeightingOptions
+    w = SourceWeighting(["a", "b"], [1.0, 0.5], WeightingOptions())
+    w.leave_out("b")
+    losses, weights = w({"a": torch.tensor(2.0), "b": torch.tensor(3.0)})
+    assert weights == {"a": 1.0, "b": 0.0}
+    assert float(losses["b"]) == 0.0 and float(losses["a"]) == 2.0
+    with pytest.raises(KeyError, match="no source named 'c'"):
+        w.leave_out("c")
+
+
 def _digits():
     splits = load_data(DataConfig(dataset="digits", per_class=30, crop_padding=0, flip=False))
     return splits.train.images, splits.train.targets

@@ -110,6 +110,12 @@ class SourceWeighting(nn.Module):
             self.register_buffer("similarity", torch.ones(len(self.names)))
             self.register_buffer("steps", torch.zeros((), dtype=torch.long))
 
+    def leave_out(self, name: str) -> None:
+        """Give source ``name`` weight 0 from now on (logged as 0; its loss never reaches the optimiser)."""
+        if name not in self.names:
+            raise KeyError(f"no source named {name!r} to leave out (sources: {', '.join(self.names)})")
+        self.alphas[self.names.index(name)] = 0.0
+
     def _gradsim_factors(self) -> list[float]:
         factors = self.similarity.clamp_min(0)
         if self.options.relative:

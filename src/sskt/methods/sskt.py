@@ -230,9 +230,8 @@ class SSKT(Method):
             self.main_taught, self.left_out = self.judge_sources(ctx)
             for name in self.main_taught + self.left_out:  # unused transfer modules: out of the optimiser (and DDP)
                 self.heads[name].requires_grad_(False)
-            for i, src in enumerate(self.bank.sources):
-                if src.name in self.left_out:
-                    self.weighting.alphas[i] = 0.0  # logged as weight 0
+            for name in self.left_out:
+                self.weighting.leave_out(name)
         if self.options.cache is None:
             return []
         if ctx.train_data is None:
