@@ -125,3 +125,24 @@ def test_a_run_with_head_auto_trains_from_the_cache_on_unlabelled_images_and_rec
     result = fit(ExperimentConfig.from_dict(raw))
     assert result.record["teaches"] == {"f": "main"}
     assert 0.0 <= result.final <= 100.0
+
+
+def test_the_cache_holds_no_soft_labels_of_a_left_out_source(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sskt_module, "adapt_source",
+                        lambda src, ctx: {"val_top1": 66.4 if src.name == "good" else 26.4, "train_images": 100.0})
+    sources = [{**FOREIGN, "name": "good", "adapt": "probe"}, {**FOREIGN, "name": "weak", "adapt": "probe"}]
+    cache = {"mode": "exact", "views": 2, "dir": str(tmp_path / "cache")}
+    method, ctx = _built(tmp_path, {"head": "auto", "cache": cache, "sources": sources})
+    method.prepare(ctx)
+    assert method.left_out == ["weak"]
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "cache").glob("*.sskc")) == ["good"]
+    assert set(method.cache.files) == {"good"}  # what training batches are given
+    raw = tiny_config(tmp_path, method={"name": "sskt", "head": "auto", "source_precision": "fp32", "cache": cache,
+                                        "sources": sources}, data={"val_per_class": 2})
+    assert fit(ExperimentConfig.from_dict(raw)).record["teaches"] == {"good": "main", "weak": "nothing"}
+    # Every source left out: nothing to cache, no cache at all (the target learns from its labels alone).
+    monkeypatch.setattr(sskt_module, "adapt_source", lambda src, ctx: {"val_top1": 10.0, "train_images": 100.0})
+    method, ctx = _built(tmp_path, {"head": "auto", "cache": {**cache, "dir": str(tmp_path / "c2")},
+                                    "sources": sources})
+    assert method.prepare(ctx) == [] and method.soft_label_store() is None
+    assert not (tmp_path / "c2").exists() or not list((tmp_path / "c2").glob("*.sskc"))

@@ -232,8 +232,8 @@ class SSKT(Method):
                 self.heads[name].requires_grad_(False)
             for name in self.left_out:
                 self.weighting.leave_out(name)
-        if self.options.cache is None:
-            return []
+        if self.options.cache is None or len(self.left_out) == len(self.bank.sources):
+            return []  # no cache, or nothing left to cache (every source left out)
         if ctx.train_data is None:
             raise SSKTError("method.cache needs the training data to build the soft-label cache")
         padding = ctx.data.crop_padding if ctx.data is not None else 4
@@ -272,7 +272,10 @@ class SSKT(Method):
                      **build_options) -> None:
         """Open (building or resuming if needed) the soft-label cache of these training images."""
         temperatures = {s.name: t for s, (t, _) in zip(self.bank.sources, self.weights)}
-        self.cache = SoftLabelCache.open_or_build(self.bank, images, targets, cache_spec(spec), temperatures,
+        # A source head: auto left out is never asked: none of its soft labels are built or read.
+        bank = self.bank if not self.left_out else SourceBank(
+            [s for s in self.bank.sources if s.name not in self.left_out], self.bank.precision)
+        self.cache = SoftLabelCache.open_or_build(bank, images, targets, cache_spec(spec), temperatures,
                                                   padding, flip, **build_options)
 
     def soft_label_store(self) -> "SoftLabelCache | None":
