@@ -12,6 +12,7 @@ from sskt.engine.run import fit
 from sskt.errors import SSKTError
 from sskt.losses import gradient_cosine, kd_loss, uncertainty_weighted
 from sskt.methods.base import parse_options
+from sskt.methods.source_weighting import SourceWeighting, WeightingOptions
 from sskt.methods.sskt import SSKT, SSKTOptions
 from sskt.models.factory import create_model
 from sskt.models.heads import SharedTransferHeads
@@ -66,7 +67,6 @@ def test_fixed_weighting_is_alpha_times_the_soft_label_loss():
 
 
 def test_a_left_out_source_weighs_zero_and_a_wrong_name_is_refused():
-    from sskt.methods.source_weighting import SourceWeighting, WeightingOptions
     w = SourceWeighting(["a", "b"], [1.0, 0.5], WeightingOptions())
     w.leave_out("b")
     losses, weights = w({"a": torch.tensor(2.0), "b": torch.tensor(3.0)})
@@ -108,7 +108,7 @@ def test_gradsim_switches_off_an_irrelevant_source_and_keeps_a_relevant_one():
 
 
 def test_relative_gradsim_gives_the_best_aligned_source_its_full_alpha():
-    from sskt.methods.source_weighting import GATE_FLOOR, SourceWeighting, WeightingOptions
+    from sskt.methods.source_weighting import GATE_FLOOR
 
     w = SourceWeighting(["a", "b", "c"], [1.0, 1.0, 0.5], WeightingOptions("gradsim", relative=True),
                         gated_in_graph=True)
