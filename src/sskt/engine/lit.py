@@ -63,6 +63,7 @@ class MethodModule(L.LightningModule):
         self._step_start = 0.0
         self._loss_sum, self._loss_count = 0.0, 0
         self._views: TrainingViews | None = None
+        self.final_epoch: int | None = None  # set for an evaluation after training has ended
         # The run's wall time starts when fit() does: loading data and building caches count.
         self._wall_start = time.perf_counter() if wall_start is None else wall_start
         self._wall_before = 0.0
@@ -156,7 +157,9 @@ class MethodModule(L.LightningModule):
                  add_dataloader_idx=False)
 
     def on_validation_epoch_end(self) -> None:
-        entry: dict[str, float] = {"epoch": self.current_epoch}
+        # After training (fit's closing evaluation) the loop's epoch is one past the last: use the last.
+        epoch = self.current_epoch if self.final_epoch is None else self.final_epoch
+        entry: dict[str, float] = {"epoch": epoch}
         for split in self.eval_splits:
             metric = self.metrics[split]
             if self.multilabel:
@@ -177,7 +180,7 @@ class MethodModule(L.LightningModule):
             entry["train_seconds"] = round(self.train_seconds, 2)
             if self._loss_count:
                 entry["train_loss"] = self._loss_sum / self._loss_count
-            self.history = [h for h in self.history if h["epoch"] != self.current_epoch] + [entry]
+            self.history = [h for h in self.history if h["epoch"] != epoch] + [entry]
 
     def configure_optimizers(self) -> Any:
         cfg = self.train_cfg

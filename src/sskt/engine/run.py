@@ -69,6 +69,18 @@ class SaveLast(L.Callback):
             trainer.save_checkpoint(self.path, weights_only=False)
 
 
+class EvaluateLastEpoch(L.Callback):
+    """Every run is scored after its last epoch, whatever ``train.eval_every`` says (an epoch count it does
+    not divide would otherwise end a run with no final score)."""
+
+    def __init__(self, every: int) -> None:
+        self.every = max(int(every), 1)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        last = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
+        trainer.check_val_every_n_epoch = 1 if last else self.every
+
+
 def non_finite_tensors(module: torch.nn.Module) -> list[str]:
     """Names of the parameters and buffers (BatchNorm statistics) holding NaN or inf."""
     named = [*module.named_parameters(), *module.named_buffers()]
@@ -142,7 +154,7 @@ def make_trainer(cfg: ExperimentConfig, out_dir: Path, callbacks: Sequence[L.Cal
     return L.Trainer(
         max_epochs=t.epochs, accelerator=t.accelerator, devices=t.devices, strategy=t.strategy,
         num_nodes=t.num_nodes, precision=t.precision, logger=logs,
-        callbacks=[ckpt, LearningRateMonitor(logging_interval="epoch"), *callbacks],
+        callbacks=[ckpt, EvaluateLastEpoch(t.eval_every), LearningRateMonitor(logging_interval="epoch"), *callbacks],
         use_distributed_sampler=False,  # MixedBatchSampler shards training batches itself (seeded, resumable)
         plugins=[AtomicCheckpointIO()], enable_progress_bar=t.progress_bar, log_every_n_steps=t.log_every_n_steps,
         check_val_every_n_epoch=t.eval_every, num_sanity_val_steps=0, default_root_dir=out_dir,
@@ -210,10 +222,14 @@ def fit(cfg: ExperimentConfig, callbacks: Sequence[L.Callback] = ()) -> RunResul
             raise
     if trainer.interrupted:
         raise SSKTError(f"training was interrupted; run the same command again to resume from {last}")
-    history = module.history
     key = f"test_{module.metric_name}"
+    if not module.history or module.history[-1]["epoch"] != cfg.train.epochs - 1:
+        # A run finished before every run was scored at its end (or resumed at its end): score it now.
+        module.final_epoch = cfg.train.epochs - 1
+        trainer.validate(module, list(eval_loaders.values()), verbose=False)
+    history = module.history
     if not history:
-        raise SSKTError("training finished without an evaluation; set train.eval_every to divide train.epochs")
+        raise SSKTError(f"the run in {out_dir} has no evaluation; start it over with train.resume=false")
     record = {
         "name": cfg.name, "seed": cfg.seed, "config": cfg.to_dict(), "versions": _versions(),
         "metric": module.metric_name, "final": history[-1][key], **best_by_validation(history, module.metric_name),
@@ -241,7 +257,8 @@ def load_trained(checkpoint: str | os.PathLike, overrides: Sequence[str] = ()) -
     ckpt = read_checkpoint(checkpoint, trust_pickle=False)
     if not isinstance(ckpt, dict) or "sskt_config" not in ckpt:
         raise SSKTError(f"{checkpoint} is not an sskt training checkpoint (no sskt_config); "
-                        f"for an exported target.pt use it as a source or with sskt.load_target")
+                        f"for an exported model (model.pt, target.pt) use sskt.load_model(path), or "
+                        f"`sskt evaluate MODEL DATA_DIR` to score it on a folder of images")
     cfg = ExperimentConfig.from_dict(ckpt["sskt_config"]).with_overrides(overrides)
     # Rebuilding needs no unlabelled images (nothing is trained): don't decode them.
     splits = load_data(dataclasses.replace(cfg.data, unlabeled=None))
