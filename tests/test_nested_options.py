@@ -203,7 +203,7 @@ def test_lax_values_in_nested_options_keep_working():
     assert isinstance(clustered.options, ClusteredOptions)
 
 
-FILES = sorted([*ROOT.glob("configs/*.yaml"), *ROOT.glob("benchmarks/*.yaml")])
+FILES = sorted([*ROOT.glob("src/sskt/recipes/*.yaml"), *ROOT.glob("benchmarks/*.yaml")])
 
 
 @pytest.mark.parametrize("path", FILES, ids=[str(p.relative_to(ROOT)) for p in FILES])

@@ -24,8 +24,11 @@ def config_args(p: argparse.ArgumentParser) -> None:
 
 
 def train_args(p: argparse.ArgumentParser) -> None:
-    """:func:`config_args` plus ``--print-config``."""
+    """:func:`config_args` plus ``--recipe`` and ``--print-config``."""
     config_args(p)
+    p.add_argument("--recipe", metavar="NAME", default=None,
+                   help="start from a recipe shipped with sskt instead of a YAML file (`sskt init --list` lists "
+                        "them); overrides apply on top, e.g. --recipe imagenet-source data.root=PATH")
     p.add_argument("--print-config", action="store_true",
                    help="print the fully resolved config as YAML and exit without training")
 
@@ -82,11 +85,18 @@ def command(name: str, help: str, args: Callable[[argparse.ArgumentParser], None
     return wrap
 
 
-def load_config(items: Sequence[str], base: dict | None = None):
-    """An ExperimentConfig from ``[CONFIG.yaml] key=value ...`` (and defaults in ``base``)."""
+def load_config(items: Sequence[str], base: dict | None = None, recipe: str | None = None):
+    """An ExperimentConfig from ``[CONFIG.yaml] key=value ...`` (and defaults in ``base``), or from the shipped
+    ``recipe`` and ``key=value ...``."""
     from sskt.config import ExperimentConfig, apply_overrides
 
     items = list(items)
+    if recipe is not None:
+        from sskt.recipes import recipe_path
+
+        if items and "=" not in items[0]:
+            raise SSKTError(f"give a config file or --recipe, not both ({items[0]} and --recipe {recipe})")
+        items.insert(0, str(recipe_path(recipe)))
     if items and "=" not in items[0]:
         path = items.pop(0)
         cfg = ExperimentConfig.from_yaml(path)
