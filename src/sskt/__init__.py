@@ -19,6 +19,8 @@ _LAZY = {
     "TargetConfig": "sskt.config", "METHODS": "sskt.methods", "RunResult": "sskt.engine.run",
     "fit": "sskt.engine.run", "evaluate": "sskt.engine.run", "export": "sskt.engine.run",
     "load_trained": "sskt.engine.run", "load_network": "sskt.models.weights", "SSKTError": "sskt.errors",
+    "load_model": "sskt.engine.model_file", "LoadedModel": "sskt.engine.model_file",
+    "predict": "sskt.experiments.predict", "evaluate_folder": "sskt.experiments.predict",
 }
 __all__ = [*_LAZY, "__version__"]
 

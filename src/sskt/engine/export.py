@@ -10,14 +10,16 @@ shape read from their training data (an error names the problem when the data is
 Formats (``format=`` or the output's suffix; every one takes float images in [0, 1], N x C x H x W
 (N x C x T x H x W for clips), normalisation included, and returns logits):
 
-- ``sskt`` (``.pt``, default): the sskt model file, loadable by :func:`sskt.sources.load_network`
-  and usable as a source;
+- ``sskt`` (``.pt``, default): the sskt model file, loadable by :func:`sskt.load_model` (ready for
+  inference) and usable as a source;
 - ``torchscript`` (``.ts``, ``.torchscript``): ``torch.jit.load(path)``, metadata in the extra file
   ``sskt.json``;
 - ``onnx`` (``.onnx``): dynamic batch axis, input ``images``, output ``logits``, metadata in the
   model's ``metadata_props`` (needs ``pip install 'sskt[export]'``);
 - ``safetensors`` (``.safetensors``): the weights (``normalize.*`` and ``model.*``) with the metadata
-  as JSON under the ``sskt`` key (:func:`load_safetensors` rebuilds the network).
+  as JSON under the ``sskt`` key (:func:`sskt.load_model` or :func:`load_safetensors` rebuild the network).
+
+:func:`sskt.load_model` reads every format except ONNX (run that with onnxruntime), and the training checkpoint.
 
 Beside the file, ``<output>.md`` is a model card: architecture, parameters, classes, input, method and
 sources, test accuracy, sskt version.
@@ -118,8 +120,8 @@ def _suffix(fmt: str) -> str:
 def _read_training_checkpoint(checkpoint: str | os.PathLike) -> dict:
     ckpt = read_checkpoint(checkpoint, trust_pickle=False)
     if not isinstance(ckpt, dict) or "sskt_config" not in ckpt or "state_dict" not in ckpt:
-        raise SSKTError(f"{checkpoint} is not an sskt training checkpoint (no sskt_config); "
-                        f"for an exported target.pt use it as a source or with sskt.load_network")
+        raise SSKTError(f"{checkpoint} is not an sskt training checkpoint (no sskt_config); export from the run's "
+                        f"checkpoints/last.ckpt (a model file such as target.pt loads with sskt.load_model(path))")
     return ckpt
 
 
@@ -283,7 +285,7 @@ def _optional(module: str, what: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise SSKTError(f"exporting to {what} needs the {module} package: pip install 'sskt[export]' "
+        raise SSKTError(f"{what} files need the {module} package: pip install 'sskt[export]' "
                         f"(or pip install {module})") from None
 
 
