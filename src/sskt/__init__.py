@@ -21,6 +21,7 @@ _LAZY = {
     "load_trained": "sskt.engine.run", "load_network": "sskt.models.weights", "SSKTError": "sskt.errors",
     "load_model": "sskt.engine.model_file", "LoadedModel": "sskt.engine.model_file",
     "predict": "sskt.experiments.predict", "evaluate_folder": "sskt.experiments.predict",
+    "register_model": "sskt.models.factory", "register_dataset": "sskt.data.custom", "image_splits": "sskt.data.custom",
 }
 __all__ = [*_LAZY, "__version__"]
 

@@ -12,6 +12,17 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
+class OwnWeights:
+    """A network registered with its trained weights (``sskt.register_model(name, module)``): a snapshot of the
+    module and what its output is. ``build`` of its :class:`ModelSpec` gives copies of the snapshot."""
+
+    module: nn.Module = field(repr=False)  # the snapshot, taken when it was registered (never trained or moved)
+    outputs: int  # width of its output: its classes, or the embedding's width for a feature extractor
+    features: bool  # its output is an embedding (no classifier): wrapped in an EmbeddingClassifier when built
+    in_chans: int | None  # channels it takes (its first convolution's), None where unknown
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """How to build one architecture and what is known about it."""
 
@@ -21,6 +32,7 @@ class ModelSpec:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     extra: dict = field(default_factory=dict)
+    own_weights: OwnWeights | None = None  # a registered module with its weights; None: build() makes fresh ones
 
 # The TF EfficientNet-Lite builder normalises with MEAN_RGB = 127 and STDDEV_RGB = 128 (on 0..255).
 LITE_MEAN = (127.0 / 255,) * 3

@@ -34,6 +34,8 @@ class LoadedNetwork:
     input_size: int | None
     classes: list[str] | None = None
     weights_file: Path | None = None  # where pretrained weights were read from (checkpoint: the checkpoint)
+    registered: bool = False  # a copy of a module registered with its weights (sskt.register_model)
+    embedding: bool = False  # its output is an embedding (a registered feature extractor), not class logits
 
 
 # How the files torch.save writes begin: a zip archive (PyTorch >= 1.6) or a pickle (older, or
@@ -129,10 +131,12 @@ def load_network(
 
     The checkpoint may be a state_dict (with or without a ``module.`` prefix, at the top or under
     ``state_dict``), an sskt model file (``sskt export`` / ``sskt pretrain``; ``arch`` may then be
-    omitted), or a whole pickled module (only with ``trust_pickle``). The number of classes is read
-    from the checkpoint's classifier when not given. ``pretrained`` (True or a weights name) takes
-    the architecture's published weights instead (:func:`sskt.models.pretrained.resolve_pretrained`;
-    downloads only with ``allow_download`` or ``SSKT_ALLOW_DOWNLOAD=1``).
+    omitted), or a whole pickled module (only with ``trust_pickle``). Without a checkpoint, an ``arch``
+    registered with its weights (``sskt.register_model(name, module)``) gives a copy of that module. The
+    number of classes is read from the checkpoint's classifier when not given. ``pretrained`` (True or a
+    weights name) takes the architecture's published weights instead
+    (:func:`sskt.models.pretrained.resolve_pretrained`; downloads only with ``allow_download`` or
+    ``SSKT_ALLOW_DOWNLOAD=1``).
 
     Example:
         >>> net = load_network("cifar_resnet32", "../shared/weights/cifar10-resnets/resnet32-d509ac18.th")  # doctest: +SKIP
@@ -145,6 +149,8 @@ def load_network(
         if arch is None:
             raise SSKTError("pretrained: true needs an arch, e.g. arch: efficientnet_lite0")
         return load_pretrained(arch, pretrained, num_classes, in_chans, allow_download)
+    if checkpoint is None and arch is not None and model_spec(arch).own_weights is not None:
+        return _registered(arch, num_classes, in_chans)
     if checkpoint is None:
         if arch is None or num_classes is None:
             raise SSKTError("a source needs a checkpoint, or an arch and num_classes for random weights")
@@ -175,6 +181,25 @@ def load_network(
     module = create_model(arch, num_classes, in_chans)
     load_weights(module, state, str(checkpoint))
     return LoadedNetwork(module, arch, num_classes, spec.mean, spec.std, spec.input_size)
+
+
+def _registered(arch: str, num_classes: int | None, in_chans: int) -> LoadedNetwork:
+    """A copy of the module registered as ``arch`` with its own weights (a feature extractor: behind an identity
+    ``fc``, so that it outputs its embedding until ``adapt`` replaces ``fc``)."""
+    spec = model_spec(arch)
+    own = spec.own_weights
+    assert own is not None
+    if num_classes is not None and num_classes != own.outputs and not own.features:
+        raise SSKTError(f"{arch!r} is registered with its own weights and predicts {own.outputs} classes, not "
+                        f"num_classes={num_classes}; drop num_classes")
+    with torch.random.fork_rng(devices=[]):  # the placeholder classifier draws nothing the run's seed would miss
+        module = create_model(arch, own.outputs, in_chans)
+    if own.features:
+        with torch.no_grad():
+            module.fc.weight.copy_(torch.eye(own.outputs))
+            module.fc.bias.zero_()
+    return LoadedNetwork(module, arch, own.outputs, spec.mean, spec.std, spec.input_size, registered=True,
+                         embedding=own.features)
 
 
 def load_pretrained(arch: str, which: bool | str = True, num_classes: int | None = None, in_chans: int = 3,

@@ -165,10 +165,16 @@ def source_config(raw: Mapping | SourceConfig, where: str = "source") -> SourceC
 
 @SOURCES.register("model")
 def build_model_source(cfg: SourceConfig, in_chans: int = 3) -> Source:
-    """A network by architecture name (registry, torchvision, ``timm:<name>``) and a local checkpoint."""
+    """A network by architecture name (registry, torchvision, ``timm:<name>``) and a local checkpoint, or a
+    module registered with its weights (``sskt.register_model``; a feature extractor needs ``adapt``)."""
     net = load_network(cfg.arch, cfg.checkpoint, cfg.num_classes, in_chans, cfg.trust_pickle, cfg.pretrained,
                        cfg.allow_download)
-    if net.num_classes < 1 or not has_classifier(net.module):
+    if net.embedding:
+        if cfg.adapt == "none":
+            raise SSKTError(f"source {cfg.name!r}: {cfg.arch!r} outputs features (a {net.num_classes}-wide embedding), "
+                            f"not class logits; set adapt: probe (a linear probe fitted on the labelled images) or "
+                            f"adapt: features for it")
+    elif net.num_classes < 1 or not has_classifier(net.module):
         raise SSKTError(f"source {cfg.name!r} has no classifier ({cfg.arch or cfg.checkpoint} gives features, not class "
                         f"logits); SSKT's auxiliary task needs logits: use weights with their classifier, or "
                         f"kind: clustered for a feature extractor")
@@ -182,7 +188,7 @@ def build_model_source(cfg: SourceConfig, in_chans: int = 3) -> Source:
         if input_size is None:
             raise SSKTError(f"source {cfg.name!r}: can't infer its input size; set input_size (pixels) or input_scale")
     weights = cfg.checkpoint or net.weights_file
-    digest = file_digest(weights)[:16] if weights else f"random-{cfg.arch}"
+    digest = file_digest(weights)[:16] if weights else f"{'registered' if net.registered else 'random'}-{cfg.arch}"
     return Source(cfg.name, net.module, net.num_classes, input_size, cfg.input_scale, mean, std, cfg.bn_mode,
                   cfg.frames, fingerprint=digest, classes=net.classes)
 
