@@ -40,7 +40,16 @@ class DataConfig:
     any size (searched recursively, resized to the training images' size); ``unlabeled_count`` keeps a
     seeded N of them. Each training batch then holds ``unlabeled_ratio`` unlabelled images per
     labelled one (an epoch is still one pass over the labelled images). A method that reads no label
-    (cluster-transfer, pretext tasks) pools them with the labelled images instead.
+    (cluster-transfer, pretext tasks) pools them with the labelled images instead. ``val_per_class`` and
+    ``unlabeled_count`` are "up to": a class with fewer images to spare gives what it has (one notice line).
+
+    ``dataset: imagefolder`` reads ``root/<class>/``, ``root/train/<class>/`` (with or without
+    ``root/test/<class>/``) or a CSV file ``path,label[,split]`` as ``root`` (``docs/data.md``). Where the
+    data has no test split, sskt makes a seeded (``subset_seed``), stratified one: ``test_fraction`` of
+    every class is tested on and, when ``val_fraction`` is set, that fraction of what remains is held out
+    for validation; exact copies of a file stay on one side. ``split_file``: a CSV ``path,label,split``
+    the split is written to (if absent) or read from (if present), so a rerun sees the same split.
+    Without ``image_size``, images of mixed sizes are decoded at a size chosen from them (one notice line).
     """
 
     dataset: str = "cifar10"
@@ -62,6 +71,9 @@ class DataConfig:
     unlabeled: str | None = None  # rest | a folder of images
     unlabeled_count: Annotated[int, Ge(1)] | None = None
     unlabeled_ratio: Annotated[float, Gt(0)] = 1.0
+    test_fraction: Annotated[float, Gt(0), Lt(1)] = 0.2  # of each class, where sskt makes the test split
+    val_fraction: Annotated[float, Gt(0), Lt(1)] | None = None  # of what remains for training, when set
+    split_file: str | None = None  # CSV path,label,split: written if absent, reused if present
 
 
 @dataclass

@@ -90,14 +90,24 @@ def test_imagefolder_validation_split_is_disjoint_from_every_other_split(tmp_pat
         assert (image_id - 1) // 8 == label
 
 
-def test_too_few_images_for_the_validation_split_is_one_line(tmp_path):
-    root = _image_tree(tmp_path / "tree")
-    with pytest.raises(SSKTError, match="val_per_class") as err:
-        load_data(DataConfig(dataset="imagefolder", root=str(root), per_class=5, val_per_class=4))
+def test_validation_split_takes_what_a_class_can_spare_with_one_notice(tmp_path, capsys):
+    root = _image_tree(tmp_path / "tree")  # 8 training images per class
+    splits = load_data(DataConfig(dataset="imagefolder", root=str(root), per_class=5, val_per_class=4))
+    assert torch.bincount(splits.val.targets, minlength=3).tolist() == [3, 3, 3]  # all 3 left outside the 5
+    assert torch.bincount(splits.train.targets, minlength=3).tolist() == [5, 5, 5]  # the labels are exact
+    assert not set(_ids(splits.val.images)) & set(_ids(splits.train.images))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "data.val_per_class=4" in err[0] and "validating on the 9" in err[0]
+
+    everything = load_data(DataConfig(dataset="imagefolder", root=str(root), val_per_class=20))
+    assert torch.bincount(everything.train.targets, minlength=3).tolist() == [1, 1, 1]  # one training image kept
+    assert len(everything.val) == 21
+    with pytest.raises(SSKTError, match=r"data.val_per_class=2: no class has images to spare for validation "
+                                        r"\(outside the 8 labelled per class\); lower data.per_class") as err:
+        load_data(DataConfig(dataset="imagefolder", root=str(root), per_class=8, val_per_class=2))
     assert "\n" not in str(err.value)
-    with pytest.raises(SSKTError, match="val_per_class") as err:
-        load_data(DataConfig(dataset="digits", per_class=40, val_per_class=30))
-    assert "\n" not in str(err.value)
+    capped = load_data(DataConfig(dataset="digits", per_class=40, val_per_class=30))
+    assert 0 < len(capped.val) < 300 and len(capped.train) == 400
 
 
 def test_best_is_the_test_score_at_the_best_validation_epoch(tmp_path):

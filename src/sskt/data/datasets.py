@@ -1,15 +1,15 @@
 """Datasets by name, decoded once into uint8 tensors.
 
 Built in: ``cifar10``, ``cifar100``, ``stl10`` (torchvision formats), ``mnist``, ``fashion-mnist``
-(IDX files), ``imagefolder`` (``root/<split>/<class>/<image>``) and ``digits`` (scikit-learn's 8x8
-digits, bundled, for the quickstart). Register more with ``@DATASETS.register(name)``.
+(IDX files), ``imagefolder`` (folders of class folders, or a CSV file; :mod:`sskt.data.folder`) and
+``digits`` (scikit-learn's 8x8 digits, bundled, for the quickstart). Register more with
+``@DATASETS.register(name)``.
 """
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import gzip
-import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -19,18 +19,21 @@ import torch
 from torch import Tensor
 
 from sskt.config import DataConfig
+from sskt.data.folder import decode_size, imbalance_notice, labelled_files, list_images, notice
+from sskt.data.images import IMAGE_SUFFIXES, decode_images
+from sskt.data.images import cache_dir as _cache_dir  # noqa: F401  (sskt.data.extra_datasets uses it)
 from sskt.data.tensor_dataset import ImageSplits, ImageTensorDataset
 from sskt.errors import SSKTError
 from sskt.registry import Registry
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".gif", ".tif", ".tiff", ".webp"}
 
 DatasetBuilder = Callable[[DataConfig], ImageSplits]
 DATASETS: Registry[DatasetBuilder] = Registry("dataset")
 
 
-def per_class_indices(labels: Tensor, n: int | None, seed: int, classes: list[str], split: str) -> Tensor:
-    """Seeded choice of ``n`` indices per class (all indices when ``n`` is None), sorted.
+def per_class_indices(labels: Tensor, n: int | None, seed: int, classes: list[str], split: str,
+                      key: str = "per_class") -> Tensor:
+    """Seeded choice of exactly ``n`` indices per class (all indices when ``n`` is None), sorted; too few
+    images in a class is an error naming the largest ``n`` that works (``key``: the setting to change).
 
     Example:
         >>> per_class_indices(torch.tensor([0, 0, 1, 1, 1]), 1, 0, ["a", "b"], "train").tolist()  # doctest: +SKIP
@@ -40,17 +43,35 @@ def per_class_indices(labels: Tensor, n: int | None, seed: int, classes: list[st
         return torch.arange(len(labels))
     if n < 1:
         raise SSKTError(f"per_class must be >= 1, got {n}")
+    counts = torch.bincount(labels.long(), minlength=len(classes)).tolist() if len(labels) else [0] * len(classes)
+    short = [c for c in range(len(classes)) if counts[c] < n]
+    if short:
+        low = min(range(len(classes)), key=counts.__getitem__)
+        fix = (f"set data.{key} to {counts[low]} or less (class {classes[low]!r} has {counts[low]})" if counts[low]
+               else f"class {classes[low]!r} has none, so add {split} images to it or remove it")
+        raise SSKTError(f"class {classes[short[0]]!r} has {counts[short[0]]} {split} images, fewer than the {n} "
+                        f"per class asked; {fix}")
     g = torch.Generator().manual_seed(seed)
     chosen = []
     for c in range(len(classes)):
         idx = (labels == c).nonzero().flatten()
-        if len(idx) < n:
-            raise SSKTError(
-                f"class {classes[c]!r} has {len(idx)} {split} images, fewer than the {n} per class asked; "
-                f"lower per_class"
-            )
         chosen.append(idx[torch.randperm(len(idx), generator=g)[:n]])
     return torch.cat(chosen).sort().values
+
+
+def _up_to_per_class(labels: Tensor, n: int, seed: int, classes: list[str], keep: int) -> tuple[Tensor, list]:
+    """Seeded choice of up to ``n`` indices per class, leaving ``keep`` of each class unchosen; with the
+    (class, count) of every class that gave fewer. Draws as :func:`per_class_indices` does, so where
+    every class has enough, the choice is the same."""
+    g = torch.Generator().manual_seed(seed)
+    chosen, short = [], []
+    for c in range(len(classes)):
+        idx = (labels == c).nonzero().flatten()
+        take = max(0, min(n, len(idx) - keep))
+        if take < n:
+            short.append((classes[c], take))
+        chosen.append(idx[torch.randperm(len(idx), generator=g)[:take]])
+    return torch.cat(chosen).sort().values, short
 
 
 @dataclass
@@ -71,24 +92,30 @@ def partition_train(labels: Tensor, cfg: DataConfig, classes: list[str]) -> Trai
 
     The labelled subset is the same with or without a validation split or unlabelled images (it is
     drawn first, with ``subset_seed``), so runs with and without them train on the same labels.
+    ``val_per_class`` and ``unlabeled_count`` are "up to": a class with fewer to spare gives what it has
+    (one notice line), and every class keeps at least one labelled image.
     """
     n = len(labels)
     val = None
-    if cfg.per_class is None and cfg.val_per_class is not None:
-        # Everything is labelled: the validation images come out of the labelled ones.
-        val = per_class_indices(labels, cfg.val_per_class, cfg.subset_seed + 7919, classes, cfg.train_split)
-        labeled = _without(torch.arange(n), val)
+    if cfg.val_per_class is not None:
+        whole = cfg.per_class is None  # everything is labelled: the validation images come out of the labelled ones
+        labeled = torch.arange(n) if whole else per_class_indices(labels, cfg.per_class, cfg.subset_seed, classes,
+                                                                   cfg.train_split)
+        rest = torch.arange(n) if whole else _without(torch.arange(n), labeled)
+        pick, short = _up_to_per_class(labels[rest], cfg.val_per_class, cfg.subset_seed + 7919, classes, int(whole))
+        val = rest[pick]
+        spare = "keeping one training image each" if whole else f"outside the {cfg.per_class} labelled per class"
+        if len(val) == 0:
+            raise SSKTError(f"data.val_per_class={cfg.val_per_class}: no class has images to spare for validation "
+                            f"({spare}); " + ("add images" if whole else "lower data.per_class"))
+        if short:
+            name, k = min(short, key=lambda s: s[1])
+            notice(f"data.val_per_class={cfg.val_per_class} but {len(short)} of {len(classes)} classes have fewer "
+                   f"images to spare ({spare}; fewest: {name!r} with {k}); validating on the {len(val)} there are")
+        if whole:
+            labeled = _without(labeled, val)
     else:
         labeled = per_class_indices(labels, cfg.per_class, cfg.subset_seed, classes, cfg.train_split)
-        if cfg.val_per_class is not None:
-            rest = _without(torch.arange(n), labeled)
-            try:
-                pick = per_class_indices(labels[rest], cfg.val_per_class, cfg.subset_seed + 7919, classes,
-                                         cfg.train_split)
-            except SSKTError:
-                raise SSKTError(f"data.val_per_class={cfg.val_per_class}: some class has too few training images "
-                                f"outside the {cfg.per_class} labelled per class; lower val_per_class") from None
-            val = rest[pick]
     wanted = _MIN_TRAIN_IMAGES.get()
     if len(labeled) < wanted:  # known before anything is decoded
         raise SSKTError(f"the training split has {len(labeled)} labelled images, fewer than train.batch_size="
@@ -100,12 +127,16 @@ def partition_train(labels: Tensor, cfg: DataConfig, classes: list[str]) -> Trai
         if len(unlabeled) == 0:
             raise SSKTError("data.unlabeled=rest but every training image is labelled; set data.per_class")
         if cfg.unlabeled_count is not None:
-            if cfg.unlabeled_count > len(unlabeled):
-                raise SSKTError(f"data.unlabeled_count={cfg.unlabeled_count} but only {len(unlabeled)} training "
-                                f"images are left unlabelled; lower unlabeled_count")
             g = torch.Generator().manual_seed(cfg.subset_seed + 104729)
             unlabeled = unlabeled[torch.randperm(len(unlabeled), generator=g)[:cfg.unlabeled_count]].sort().values
+            _count_notice(cfg.unlabeled_count, n - len(taken))
+    imbalance_notice(labels[labeled], classes)
     return TrainPartition(labeled, val, unlabeled)
+
+
+def _count_notice(asked: int, there: int) -> None:
+    if asked > there:
+        notice(f"data.unlabeled_count={asked} but {there} images are unlabelled; using all {there}")
 
 
 def _without(indices: Tensor, drop: Tensor) -> Tensor:
@@ -127,7 +158,7 @@ def _finish(cfg: DataConfig, train_x: Tensor, train_y: Tensor, test_x: Tensor, t
             classes: list[str], **meta: object) -> ImageSplits:
     """Subset, grey -> RGB, resize; shared by the in-memory datasets."""
     part = partition_train(train_y, cfg, classes)
-    te = per_class_indices(test_y, cfg.test_per_class, cfg.subset_seed, classes, cfg.test_split)
+    te = per_class_indices(test_y, cfg.test_per_class, cfg.subset_seed, classes, cfg.test_split, "test_per_class")
     tr = part.labeled
     splits = ImageSplits(ImageTensorDataset(_shape(train_x[tr], cfg), train_y[tr].long()),
                          ImageTensorDataset(_shape(test_x[te], cfg), test_y[te].long()), classes, meta=dict(meta))
@@ -276,85 +307,44 @@ def digits(cfg: DataConfig) -> ImageSplits:
     return _finish(cfg, x[tr], y[tr], x[te], y[te], [str(i) for i in range(10)])
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("SSKT_CACHE_DIR", Path.home() / ".cache" / "sskt"))
-
-
-def decode_images(paths: list[Path], size: int | None) -> Tensor:
-    """Decode image files to a uint8 (N,3,H,W) tensor, cached on disk by file list, size and mtime."""
-    from PIL import Image, UnidentifiedImageError
-
-    h = hashlib.sha256(str(size).encode())
-    for p in paths:
-        st = p.stat()
-        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode())
-    cache = _cache_dir() / "decoded" / f"{h.hexdigest()[:24]}.npy"
-    if cache.is_file():
-        try:
-            return torch.from_numpy(np.load(cache))
-        except (ValueError, OSError, EOFError):
-            cache.unlink(missing_ok=True)  # a damaged cache is rebuilt, never used
-    arrays = []
-    for p in paths:
-        try:
-            with Image.open(p) as im:
-                im = im.convert("RGB")
-                if size is not None and im.size != (size, size):
-                    im = im.resize((size, size), Image.BILINEAR)
-                arrays.append(np.asarray(im))
-        except (UnidentifiedImageError, OSError, SyntaxError) as err:
-            raise SSKTError(f"corrupt image file {p} ({err.__class__.__name__}); delete or replace it") from None
-    shapes = {a.shape for a in arrays}
-    if len(shapes) > 1:
-        raise SSKTError(f"images have different sizes {sorted(shapes)[:3]}; set data.image_size to resize them")
-    out = np.stack(arrays).transpose(0, 3, 1, 2).copy() if arrays else np.zeros((0, 3, size or 1, size or 1), np.uint8)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".{os.getpid()}.tmp.npy")
-    np.save(tmp, out)
-    os.replace(tmp, cache)
-    return torch.from_numpy(out)
-
-
 @DATASETS.register("imagefolder")
 def imagefolder(cfg: DataConfig) -> ImageSplits:
-    """``root/<split>/<class>/<image>``; classes sorted by name as torchvision's ImageFolder does.
-    Only the selected subset is decoded, once; decoded tensors are cached (``SSKT_CACHE_DIR``)."""
+    """Folders of class folders or a CSV file (:func:`sskt.data.folder.labelled_files`); classes sorted by
+    name as torchvision's ImageFolder does. Where the data has no test split, a seeded, stratified one is
+    made (``data.test_fraction``, ``data.val_fraction``, ``data.split_file``). Only the selected subset is
+    decoded, once, by the one decoding policy; decoded tensors are cached (``SSKT_CACHE_DIR``)."""
     root = _require_root(cfg)
+    data = labelled_files(cfg, root)
+    classes = data.classes
+    files, labels = data.part("train")
+    val_files, val_labels = data.part("val")
+    test_files, test_labels = data.part("test")
+    counts = torch.bincount(labels, minlength=len(classes)).tolist()
+    if 0 in counts:
+        raise SSKTError(f"class {classes[counts.index(0)]!r} has no training images in {root}; add some or remove it")
+    if not test_files:
+        raise SSKTError(f"{root} marks no image as test; mark some, or drop its split column so that sskt splits it")
+    if val_files and cfg.val_per_class is not None:
+        raise SSKTError(f"the split of {root} has a val part and data.val_per_class is set; drop data.val_per_class")
+    part = partition_train(labels, dataclasses.replace(cfg, val_per_class=None) if val_files else cfg, classes)
+    size = decode_size(files, cfg.image_size)
 
-    def listing(split: str) -> tuple[list[Path], list[str]]:
-        d = root / split
-        if not d.is_dir():
-            raise SSKTError(f"{d} not found: an imagefolder root needs {split}/<class>/<image> folders")
-        classes = sorted(c.name for c in d.iterdir() if c.is_dir())
-        if not classes:
-            raise SSKTError(f"{d} has no class folders")
-        return sorted(p for c in classes for p in (d / c).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), classes
+    def decoded(paths: list[Path], targets: Tensor) -> ImageTensorDataset:
+        return ImageTensorDataset(_shape(decode_images(paths, size), cfg), targets)
 
-    files, classes = listing(cfg.train_split)
-    labels = torch.tensor([classes.index(p.parent.name) for p in files], dtype=torch.long)
-    empty = [c for c, n in zip(classes, torch.bincount(labels, minlength=len(classes)).tolist()) if n == 0]
-    if empty:  # a class folder without images would train as a class that never occurs
-        raise SSKTError(f"class folder(s) {empty[:5]} under {root / cfg.train_split} hold no images "
-                        f"({', '.join(IMAGE_SUFFIXES)}); add images or remove the folders")
-    part = partition_train(labels, cfg, classes)
+    def chosen(keep: Tensor) -> ImageTensorDataset:
+        return decoded([files[i] for i in keep.tolist()], labels[keep])
 
-    def decoded(keep: Tensor) -> ImageTensorDataset:
-        return ImageTensorDataset(_shape(decode_images([files[i] for i in keep.tolist()], cfg.image_size), cfg),
-                                  labels[keep])
-
-    train = decoded(part.labeled)
-    test_files, test_classes = listing(cfg.test_split)
-    if test_classes != classes:
-        raise SSKTError(f"{root}/{cfg.test_split} has different class folders from {root}/{cfg.train_split}")
-    test_labels = torch.tensor([classes.index(p.parent.name) for p in test_files])
-    keep = per_class_indices(test_labels, cfg.test_per_class, cfg.subset_seed, classes, cfg.test_split)
-    test = ImageTensorDataset(_shape(decode_images([test_files[i] for i in keep.tolist()], cfg.image_size), cfg),
-                              test_labels[keep])
-    splits = ImageSplits(train, test, classes)
-    if part.val is not None:
-        splits.val = decoded(part.val)
+    keep = per_class_indices(test_labels, cfg.test_per_class, cfg.subset_seed, classes, cfg.test_split,
+                             "test_per_class")
+    splits = ImageSplits(chosen(part.labeled), decoded([test_files[i] for i in keep.tolist()], test_labels[keep]),
+                         classes, meta={"image_size": size})
+    if val_files:
+        splits.val = decoded(val_files, val_labels)
+    elif part.val is not None:
+        splits.val = chosen(part.val)
     if part.unlabeled is not None:
-        splits.unlabeled = decoded(part.unlabeled).images
+        splits.unlabeled = chosen(part.unlabeled).images
     return splits
 
 
@@ -369,6 +359,9 @@ def load_data(cfg: DataConfig, min_train_images: int = 0) -> ImageSplits:
         _MIN_TRAIN_IMAGES.reset(token)
     if cfg.val_per_class is not None and splits.val is None:
         raise SSKTError(f"dataset {cfg.dataset!r} does not support data.val_per_class yet; drop it")
+    if cfg.val_fraction is not None and splits.val is None:
+        raise SSKTError(f"data.val_fraction applies to image folders and CSV files (dataset: imagefolder); for "
+                        f"{cfg.dataset!r} use data.val_per_class")
     if cfg.unlabeled is not None and cfg.unlabeled != "rest":
         splits.unlabeled = unlabeled_folder(cfg, tuple(splits.train.images.shape[1:]))
     elif cfg.unlabeled == "rest" and splits.unlabeled is None:
@@ -377,20 +370,19 @@ def load_data(cfg: DataConfig, min_train_images: int = 0) -> ImageSplits:
 
 
 def unlabeled_folder(cfg: DataConfig, shape: tuple[int, ...]) -> Tensor:
-    """Every image under the folder ``cfg.unlabeled`` (recursively; any size, resized to ``shape``'s
-    height and width), or a seeded ``cfg.unlabeled_count`` of them."""
+    """Every image under the folder ``cfg.unlabeled`` (at any depth, hidden files skipped; any size,
+    decoded at ``shape``'s square size by the decoding policy), or a seeded ``cfg.unlabeled_count``."""
     root = Path(str(cfg.unlabeled)).expanduser()
     if not root.is_dir():
         raise SSKTError(f"data.unlabeled: {root} is not a folder; give 'rest' or a folder of images")
     if len(shape) != 3:
         raise SSKTError("data.unlabeled folders hold images; video targets can't use them")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = list_images(root)
     if not files:
         raise SSKTError(f"data.unlabeled: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}")
     if cfg.unlabeled_count is not None:
-        if cfg.unlabeled_count > len(files):
-            raise SSKTError(f"data.unlabeled_count={cfg.unlabeled_count} but {root} holds {len(files)} images")
         g = torch.Generator().manual_seed(cfg.subset_seed + 104729)
+        _count_notice(cfg.unlabeled_count, len(files))
         files = [files[i] for i in torch.randperm(len(files), generator=g)[:cfg.unlabeled_count].sort().values]
     if shape[-1] != shape[-2]:
         raise SSKTError("data.unlabeled folders need square training images; set data.image_size")

@@ -19,16 +19,21 @@ Example:
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from statistics import median
 from typing import Iterable
 
 import numpy as np
+import torch
 
 from sskt.errors import SSKTError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".gif", ".tif", ".tiff", ".webp"}
+# What a file decodes to under this policy; part of the decoded-tensor cache key, so bump it whenever the
+# policy changes any output (1 was the square-only decoder: stretched, no EXIF, alpha dropped).
+POLICY_VERSION = 2
 
 
 def is_image_file(path: Path) -> bool:
@@ -127,3 +132,37 @@ def auto_image_size(sizes: list[tuple[int, int]]) -> int:
         if side >= snap:
             return snap
     return 32 if side >= 24 else max(8, int(side))
+
+
+def cache_dir() -> Path:
+    """Where decoded tensors are kept: ``SSKT_CACHE_DIR``, else ``~/.cache/sskt``."""
+    return Path(os.environ.get("SSKT_CACHE_DIR", Path.home() / ".cache" / "sskt"))
+
+
+def decode_images(paths: list[Path], size: int | None) -> torch.Tensor:
+    """Image files as a uint8 (N,3,H,W) tensor, each decoded by :func:`sskt.data.images.read_image`
+    (``size`` None: every file at its own size, which must then be the same). Cached on disk by file
+    list, size, mtime and the decoding policy's version."""
+    h = hashlib.sha256(f"{size}|policy{POLICY_VERSION}".encode())
+    for p in paths:
+        st = p.stat()
+        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode())
+    cache = cache_dir() / "decoded" / f"{h.hexdigest()[:24]}.npy"
+    if cache.is_file():
+        try:
+            return torch.from_numpy(np.load(cache))
+        except (ValueError, OSError, EOFError):
+            cache.unlink(missing_ok=True)  # a damaged cache is rebuilt, never used
+    arrays = [read_image(p, size) for p in paths]
+    shapes = sorted({a.shape[:2] for a in arrays})
+    if len(shapes) > 1:
+        (h1, w1), (h2, w2) = shapes[:2]
+        more = ", and more" if len(shapes) > 2 else ""
+        raise SSKTError(f"images have different sizes ({w1}x{h1} and {w2}x{h2} px{more}); set data.image_size to "
+                        f"decode them all at one size")
+    out = np.stack(arrays).transpose(0, 3, 1, 2).copy() if arrays else np.zeros((0, 3, size or 1, size or 1), np.uint8)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(f".{os.getpid()}.tmp.npy")
+    np.save(tmp, out)
+    os.replace(tmp, cache)
+    return torch.from_numpy(out)
