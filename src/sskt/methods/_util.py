@@ -9,10 +9,9 @@ from sskt.evaluation.scoring import evaluate_on_test
 from sskt.methods.base import BuildContext
 from sskt.sources.source import Source
 
-# Below this validation top-1 (%) an adapted source is a risky teacher for the target's main head: measured on
-# CIFAR-10 with 100 labels per class, a 26% source cost the target 10.6 points as head: main's teacher at a
-# fixed weight, a 66% one gained 4, an 88% one 7.9 (BENCHMARKS.md, "ImageNet sources", item 19). A heuristic:
-# a warning for head: main and KD, the bar of SSKT's head: auto.
+# Below this validation top-1 (%) an adapted source is a risky teacher for the target's main head: taught at a
+# fixed weight, a weak teacher can pull the target below training from scratch. A heuristic (the evidence:
+# docs/research-notes.md): the bar of the warning for head: main and KD, and of SSKT's head: auto.
 WEAK_MAIN_TEACHER_TOP1 = 50.0
 
 
@@ -75,8 +74,8 @@ def weak_teacher_warnings(adapted: dict[str, dict], advice: str,
         "sskt: warning: source 'f' scores 26.4% on"
     """
     return [f"sskt: warning: source {name!r} scores {info['val_top1']:.1f}% on the validation split once adapted; "
-            f"as a teacher of the main head a weak source can pull the target below scratch (a 26% source cost "
-            f"10.6 points on CIFAR-10, BENCHMARKS.md item 19): {advice}"
+            f"as a teacher of the main head a weak source can pull the target below training from scratch "
+            f"(see docs/research-notes.md): {advice}"
             for name, info in adapted.items() if info.get("val_top1", 100.0) < bar]
 
 

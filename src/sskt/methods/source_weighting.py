@@ -8,15 +8,15 @@ pass through the whole network per source), smoothed over steps; what reaches th
 source is scaled by ``max(0, cosine)``. A source whose gradient does not point where the target's does is
 switched off, so a pool of candidate sources cannot pull the target below what its own labels teach.
 Each auxiliary head's own layers still learn from their source at full ``alpha``: at initialisation two
-random heads give near-orthogonal gradients (measured: cosine ~0.005 for a source that teaches the labels
+random heads give near-orthogonal gradients (cosines near 0, even for a source that teaches the labels
 themselves), and a head starved by its own gate would never learn to agree with the target.
 With ``relative: true`` the factors are divided by the largest of them: the source most aligned with the
-target keeps its full ``alpha`` and the others keep their share of it (measured: plain cosines of 0.3-0.5
-gave even the best sources of a pool a third to a half of their alpha).
+target keeps its full ``alpha`` and the others keep their share of it (plain cosines are well below 1 even
+for the best sources of a pool, so they would get only a fraction of their alpha).
 ``uncertainty`` (Kendall, Gal and Cipolla 2018): a learned log-variance per source,
 ``alpha * (exp(-s) * loss + s / 2)``; the weight is ``alpha * exp(-s)``, about ``alpha / (2 * loss)``.
 It weights down sources whose loss stays high, and *up* those that are easy to imitate, such as a random
-network's near-uniform soft labels (see BENCHMARKS.md, "Choosing sources").
+network's near-uniform soft labels (see docs/research-notes.md).
 """
 from __future__ import annotations
 

@@ -36,36 +36,46 @@ MAX_DEFAULT_WIDTH = 256
 
 @dataclass
 class SSKTOptions:
-    """Options of the SSKT method.
+    """Options of the SSKT method (``method: {name: sskt, ...}``); docs/methods.md describes each in full.
 
-    ``head``: ``transfer`` (merges the tapped stages), ``linear`` (on pooled features), ``main`` (no
-    auxiliary head: the main head itself learns the sources' soft labels, as in KD; for sources that
-    predict the target's classes, e.g. with ``adapt: probe``), or ``auto``: each source is judged once,
-    before training (:meth:`SSKT.prepare`): one that predicts the target's classes teaches the main head if
-    it scores at least ``auto_min_top1`` (%) on the validation split, and nothing otherwise (it is left out:
-    a weak teacher cost the target 10.6 points through the main head and 2.1 through a transfer module,
-    BENCHMARKS.md items 19-20); a source of other classes (which cannot be judged) teaches its own
-    transfer module.
-    ``transfer_trunk``: ``per-source`` (a transfer module per source, as in the paper) or ``shared`` (one
-    set of stage branches for all sources, a linear layer each: many sources at the cost of one).
-    ``weighting``: ``fixed`` (each source's alpha), ``gradsim`` or ``uncertainty`` (set while training and
-    logged per epoch as ``train/weight/<source>``; :mod:`sskt.methods.source_weighting`).
-    ``transfer_width``: the transfer module's common width D; by default the channels of the deepest
-    tapped stage, capped at 256 (64 for a CIFAR ResNet, as in the reference; the reference's 1000 for
-    ImageNet ResNets costs ~13M parameters per source on a ResNet-50, more than the target itself).
-    ``aux_loss``: ``kd`` (true batch-mean KL), ``soft-ce``, or ``kd-legacy`` (the reference's KL / K).
-    ``temperature``/``alpha``: defaults for every source (each source may override them).
-    ``source_precision``: ``fp32``, ``bf16`` or ``auto`` (default: bf16 + channels_last where the hardware
-    is fast at it; 3.6x faster for a ResNet-50 at 74 px on an AVX-512-bf16 CPU, soft labels within
-    KL 1e-3 of fp32 at T = 3, see docs/speed.md).
-    ``cache``: None (live sources) or a soft-label cache, e.g. ``{mode: exact, views: 8, topk: 10}``
-    (:class:`~sskt.sources.cache_keys.CacheSpec`); built (or opened) by :meth:`SSKT.prepare` before
-    training, then no source runs while training.
-    ``mixup``: 0 (off) or the Beta parameter of *function matching* (Beyer et al. 2022, "Knowledge
-    distillation: a good teacher is patient and consistent"): the auxiliary losses are computed on mixup
-    images of each batch (:func:`~sskt.data.augment.mix_images`), which the target and the live sources see
-    alike, so every step asks the sources about new inputs; the target loss keeps the batch's own images.
-    Needs live sources (no ``cache``).
+    Args:
+        sources: the frozen source networks, one :class:`~sskt.sources.source.SourceConfig` each; required
+            (docs/sources.md).
+        head: which head learns each source's soft labels. ``transfer`` (default): a transfer module per
+            source that merges the tapped stages (the paper's); ``linear``: a linear head on the pooled final
+            features; ``main``: no auxiliary head, the main head itself learns them, as in KD (only for
+            sources that predict the target's classes, e.g. with ``adapt: probe``); ``auto``: each source is
+            judged once, before training (:meth:`SSKT.prepare`): one that predicts the target's classes
+            teaches the main head if it scores at least ``auto_min_top1`` on the validation split and is left
+            out otherwise; a source of other classes (which cannot be judged) teaches its own transfer module.
+        transfer_trunk: ``per-source`` (default: a transfer module per source, as in the paper) or ``shared``
+            (one set of stage branches for all sources and a linear layer each: many sources for about the
+            cost of one; needs ``head: transfer``).
+        weighting: ``fixed`` (default: each source's ``alpha``), ``gradsim`` or ``uncertainty`` (set while
+            training and logged per epoch as ``train/weight/<source>``), or a mapping ``{mode, every,
+            momentum, relative}`` (:mod:`sskt.methods.source_weighting`). ``gradsim`` cannot be combined with
+            ``head: auto``.
+        transfer_width: the transfer modules' common width D. Default None: the channels of the deepest
+            tapped stage, capped at 256 (64 for a CIFAR ResNet, as in the reference; the reference's 1000 for
+            ImageNet ResNets costs about 13M parameters per source on a ResNet-50, more than the target).
+        aux_loss: ``kd`` (default: the true batch-mean KL, the paper's formula), ``soft-ce`` (the same
+            gradient), or ``kd-legacy`` (the reference code's KL divided by the number of source classes).
+        target_loss: the main head's loss: ``auto`` (default: cross-entropy, or BCE-with-logits for
+            multi-label targets), ``ce``, ``focal``, ``bce`` or ``focal-bce``.
+        focal_gamma: gamma of the focal losses (default 2.0).
+        temperature: T of every source's soft labels (default 3.0); a source's own ``temperature`` wins.
+        alpha: the weight of every source's auxiliary loss (default 0.1); a source's own ``alpha`` wins.
+        source_precision: ``auto`` (default: bf16 + channels_last where the hardware is fast at it, with soft
+            labels within a mean KL of 1e-3 of fp32 at T = 3; docs/speed.md), ``fp32`` or ``bf16``.
+        cache: None (default: live sources) or a soft-label cache, e.g. ``{mode: exact, views: 8, topk: 10}``
+            (:class:`~sskt.sources.cache_keys.CacheSpec`), built (or opened) by :meth:`SSKT.prepare` before
+            training; then no source runs while training.
+        mixup: 0 (default: off) or the Beta parameter of function matching (Beyer et al. 2022, "Knowledge
+            distillation: a good teacher is patient and consistent"; 1.0 is usual): the auxiliary losses are
+            computed on mixup images of each batch (:func:`~sskt.data.augment.mix_images`), which the target
+            and the live sources see alike; the target loss keeps the batch's own images. Needs live sources
+            (no ``cache``) and a long schedule.
+        auto_min_top1: the bar of ``head: auto``: a validation top-1 in %, 0 to 100 (default 50.0).
     """
 
     sources: Annotated[list[SourceConfig], Parsed(source_config, each=True)] = field(default_factory=list)
@@ -92,7 +102,8 @@ class SSKTOptions:
             raise SSKTError(f"transfer_trunk must be one of {TRUNKS}, got {self.transfer_trunk!r}")
         if self.head == "auto" and self.weighting.mode == "gradsim":
             raise SSKTError("head: auto judges each source before training and weighting: gradsim while training; "
-                            "use one of them (gradsim measured to erase a good source's gain, BENCHMARKS.md item 19)")
+                            "use one of them (head: auto alone is the safer choice: gradsim can switch a good source "
+                            "off too; see docs/methods.md)")
         if not 0.0 <= self.auto_min_top1 <= 100.0:
             raise SSKTError(f"auto_min_top1 is a top-1 accuracy in %, 0 to 100; got {self.auto_min_top1}")
         if self.transfer_trunk == "shared" and self.head != "transfer":
@@ -223,7 +234,7 @@ class SSKT(Method):
                     src.to(memory_format=torch.channels_last)
         if self.options.head == "main" and self.options.weighting.mode == "fixed":
             advice = ("use head: auto (it leaves a source below the bar out) or drop that source yourself "
-                      "(method.weighting=gradsim switches it off, but measured to erase a good source's gain too)")
+                      "(method.weighting=gradsim switches it off, but can switch a good source off too)")
             for line in weak_teacher_warnings(self.adapted, advice):
                 print(line, file=sys.stderr, flush=True)
         if self.options.head == "auto":
