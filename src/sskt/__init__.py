@@ -19,6 +19,7 @@ _LAZY = {
     "TargetConfig": "sskt.config", "METHODS": "sskt.methods", "RunResult": "sskt.engine.run",
     "fit": "sskt.engine.run", "evaluate": "sskt.engine.run", "export": "sskt.engine.run",
     "load_trained": "sskt.engine.run", "load_network": "sskt.models.weights", "SSKTError": "sskt.errors",
+    "distill": "sskt.experiments.distill",
     "load_model": "sskt.engine.model_file", "LoadedModel": "sskt.engine.model_file",
     "predict": "sskt.experiments.predict", "evaluate_folder": "sskt.experiments.predict",
     "register_model": "sskt.models.factory", "register_dataset": "sskt.data.custom", "image_splits": "sskt.data.custom",

@@ -12,7 +12,7 @@ import sys
 from typing import Sequence
 
 from sskt import __version__
-from sskt.commands import cache, compare, evaluate, export, noroozi, predict, quickstart, rank_sources, train  # noqa: F401  (register)
+from sskt.commands import cache, compare, distill, evaluate, export, noroozi, predict, quickstart, rank_sources, train  # noqa: F401  (register)
 from sskt.commands.kit import COMMANDS
 from sskt.errors import SSKTError
 

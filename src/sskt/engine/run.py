@@ -243,7 +243,8 @@ def fit(cfg: ExperimentConfig, callbacks: Sequence[L.Callback] = ()) -> RunResul
     }
     if trainer.is_global_zero:
         atomic_json_dump(record, out_dir / "result.json")
-        method.target.save(out_dir / "target.pt", classes=splits.classes)
+        method.target.save(out_dir / "target.pt", classes=splits.classes, input_size=int(ctx.input_shape[-1]),
+                           input_shape=list(ctx.input_shape), multilabel=bool(splits.multilabel))
     return RunResult(out_dir, module.metric_name, record["final"], record["best"], history, record)
 
 
@@ -256,9 +257,9 @@ def load_trained(checkpoint: str | os.PathLike, overrides: Sequence[str] = ()) -
     not prepared (no cache, probe or clustering: its ``prepare`` is for training)."""
     ckpt = read_checkpoint(checkpoint, trust_pickle=False)
     if not isinstance(ckpt, dict) or "sskt_config" not in ckpt:
-        raise SSKTError(f"{checkpoint} is not an sskt training checkpoint (no sskt_config); "
-                        f"for an exported model (model.pt, target.pt) use sskt.load_model(path), or "
-                        f"`sskt evaluate MODEL DATA_DIR` to score it on a folder of images")
+        raise SSKTError(f"{checkpoint} is not an sskt training checkpoint (no sskt_config); a model file such as "
+                        f"target.pt loads with sskt.load_model(path) and is scored on class folders with "
+                        f"sskt evaluate MODEL DATA_DIR")
     cfg = ExperimentConfig.from_dict(ckpt["sskt_config"]).with_overrides(overrides)
     # Rebuilding needs no unlabelled images (nothing is trained): don't decode them.
     splits = load_data(dataclasses.replace(cfg.data, unlabeled=None))

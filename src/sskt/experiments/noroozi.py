@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, Sequence
 
 from sskt.cluster.pipeline import save_centroids
 from sskt.config import ExperimentConfig
@@ -13,7 +14,7 @@ from sskt.methods.base import parse_options
 from sskt.methods.cluster_transfer import ClusterTransferOptions, cluster_for
 
 
-def cluster_transfer(cfg: ExperimentConfig) -> RunResult:
+def cluster_transfer(cfg: ExperimentConfig, callbacks: Sequence[Any] = ()) -> RunResult:
     """Cluster, write ``<out_dir>/centroids.pt`` (for a ``clustered`` SSKT source) and train the target on the
     cluster ids; ``cfg.method`` holds the options (teacher, layer, k, pca_dim, ...) and its name is set to
     ``cluster-transfer``. Prints the clustering's summary and where the centroids went."""
@@ -25,4 +26,4 @@ def cluster_transfer(cfg: ExperimentConfig) -> RunResult:
     print("clusters:", json.dumps({k: v for k, v in summary.items() if k != "sizes"}))
     centroids = save_centroids(Path(cfg.out_dir) / "centroids.pt", clustering, opts.teacher_spec())
     print(f"centroids: {centroids} (options.centroids of a `clustered` SSKT source)")
-    return fit(cfg)  # the method reads the same clustering back from the cache
+    return fit(cfg, callbacks)  # the method reads the same clustering back from the cache
