@@ -153,7 +153,8 @@ def test_quickstart_prints_its_table(tmp_path, capsys, monkeypatch):
     results = qs.quickstart(seeds=2, out_dir=tmp_path)
     out = capsys.readouterr().out
     assert "| scratch |" in out and "| sskt    |" in out and "What the numbers mean" in out
-    assert "Next, on your own data" in out and "configs/imagenet_source.yaml" in out  # the way to real data
+    assert "Next, on your own data" in out and "sskt distill DATA_DIR" in out  # the way to real data
+    assert "--recipe imagenet-source" in out
     assert "function matching" in out  # the labelled-only setting that measured best is the one shown
     assert set(results) == {"scratch", "sskt"} and all(len(v) == 2 for v in results.values())
 

@@ -18,7 +18,7 @@ import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from torch.utils.data import DataLoader
 
-from sskt.config import ExperimentConfig
+from sskt.config import DataConfig, ExperimentConfig
 from sskt.data.datasets import load_data
 from sskt.data.sampling import MixedBatchSampler, epochs_per_unlabeled_pass
 from sskt.data.tensor_dataset import ImageSplits, ImageTensorDataset, collate_batch
@@ -184,7 +184,7 @@ def fit(cfg: ExperimentConfig, callbacks: Sequence[L.Callback] = ()) -> RunResul
     out_dir = Path(cfg.out_dir)
     # Before any decoding: a folder that cannot be written, or that holds another experiment, is refused.
     announce(prepare_run_dir(cfg.to_dict(), out_dir, cfg.train.resume))
-    splits = load_data(cfg.data, min_train_images=cfg.train.batch_size)
+    splits = load_data(with_split_file(cfg.data, out_dir), min_train_images=cfg.train.batch_size)
     ctx = build_context(cfg, splits)
     method = build_method(cfg.method, ctx)
     if splits.unlabeled is not None:
@@ -248,6 +248,18 @@ def fit(cfg: ExperimentConfig, callbacks: Sequence[L.Callback] = ()) -> RunResul
     return RunResult(out_dir, module.metric_name, record["final"], record["best"], history, record)
 
 
+def with_split_file(data: DataConfig, out_dir: Path, only_existing: bool = False) -> DataConfig:
+    """``data`` with ``split_file`` set to ``out_dir/split.csv`` when the config names none: a split sskt makes
+    (a folder without a test split) is written into the run folder, to be audited and reused.
+    ``only_existing``: only if that file is there (rebuilding a finished run)."""
+    if data.split_file is not None:
+        return data
+    path = out_dir / "split.csv"
+    if only_existing and not path.is_file():
+        return data
+    return dataclasses.replace(data, split_file=str(path))
+
+
 def learning_from_unlabeled() -> list[str]:
     return [n for n in METHODS.names() if METHODS.get(n).learns_from_unlabeled]
 
@@ -261,7 +273,9 @@ def load_trained(checkpoint: str | os.PathLike, overrides: Sequence[str] = ()) -
                         f"target.pt loads with sskt.load_model(path) and is scored on class folders with "
                         f"sskt evaluate MODEL DATA_DIR")
     cfg = ExperimentConfig.from_dict(ckpt["sskt_config"]).with_overrides(overrides)
-    # Rebuilding needs no unlabelled images (nothing is trained): don't decode them.
+    # Rebuilding needs no unlabelled images (nothing is trained): don't decode them. A split the run made is read
+    # back from its folder (checkpoints/last.ckpt's grandparent), so later files in the data folder change nothing.
+    cfg.data = with_split_file(cfg.data, Path(checkpoint).resolve().parent.parent, only_existing=True)
     splits = load_data(dataclasses.replace(cfg.data, unlabeled=None))
     method = build_method(cfg.method, build_context(cfg, splits))
     state = {k[len("method."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("method.")}

@@ -36,7 +36,7 @@ from typing import Any, Sequence
 from sskt.config import ExperimentConfig, apply_overrides
 from sskt.errors import SSKTError
 from sskt.experiments.distill_plan import (BATCH, SOURCE_ARCH, STAGE_PREFIXES, UNLABELED_RATIO, DataSurvey, Plan,
-                                           choose_target, make_plan, parse_budget, source_network, survey,
+                                           Rates, choose_target, make_plan, parse_budget, source_network, survey,
                                            time_rates)
 
 def _data_section(data: DataSurvey, plan: Plan, unlabeled: str | None, out: Path, smoke: bool) -> dict:
@@ -287,10 +287,21 @@ def distill(data_dir: str | os.PathLike, out_dir: str | os.PathLike, unlabeled: 
     _say(f"{len(data.classes)} classes, {data.train_images} labelled images ({min(data.counts)}-{max(data.counts)} "
          f"per class), {data.test_count or 'no'} test images, {data.unlabeled or 'no'} unlabelled; "
          f"median shorter side {data.median_side:.0f} px")
-    _say(f"timing this machine (CPU time): a {plan_arch} training step at {plan_size} px and the source at "
-         f"{source_size} px")
-    rates = time_rates(plan_arch, plan_size, len(data.classes), source_size, smoke)
-    plan = make_plan(data, rates, budget_s, smoke, plan_size, plan_arch)
+    inputs = {"data": dataclasses.asdict(data) | {"root": str(data.root)}, "budget_s": budget_s, "smoke": smoke,
+              "image_size": plan_size, "target_arch": plan_arch, "unlabeled": None if unlabeled is None else str(unlabeled)}
+    plan, rates = _stored_plan(out / "plan.json", inputs)
+    if plan is None:
+        _say(f"timing this machine (CPU time): a {plan_arch} training step at {plan_size} px and the source at "
+             f"{source_size} px")
+        rates = time_rates(plan_arch, plan_size, len(data.classes), source_size, smoke)
+        plan = make_plan(data, rates, budget_s, smoke, plan_size, plan_arch)
+        if not dry_run:  # a rerun resumes with the same plan, whatever the machine's load is then
+            from sskt.io import atomic_json_dump
+
+            atomic_json_dump({"inputs": inputs, "plan": dataclasses.asdict(plan), "rates": dataclasses.asdict(rates)},
+                             out / "plan.json")
+    else:
+        _say(f"resuming with the plan in {out / 'plan.json'} (delete it, or use another --out, to plan anew)")
     _say(f"plan: target {plan.target_arch} at {plan.image_size} px (override: target.arch=..., data.image_size=...); "
          f"source {SOURCE_ARCH} (ImageNet) at {plan.source_size} px, adapted with a linear probe; "
          f"{plan.val_per_class} validation image(s) per class" +
@@ -333,6 +344,19 @@ def distill(data_dir: str | os.PathLike, out_dir: str | os.PathLike, unlabeled: 
     atomic_text_write(f"# sskt distill: {data.root}\n\n```\n{table}\n```\n", out / "report.md")
     print(table)
     return report
+
+
+def _stored_plan(path: Path, inputs: dict) -> tuple[Plan | None, Rates | None]:
+    """The plan (and rates) of an earlier invocation on the same data, budget and choices, else (None, None)."""
+    if not path.is_file():
+        return None, None
+    try:
+        stored = json.loads(path.read_text())
+        if stored.get("inputs") != json.loads(json.dumps(inputs)):
+            return None, None
+        return Plan(**stored["plan"]), Rates(**stored["rates"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return None, None
 
 
 def _forced(overrides: Sequence[str]) -> dict[str, Any]:
