@@ -74,6 +74,13 @@ class DataConfig:
     test_fraction: Annotated[float, Gt(0), Lt(1)] = 0.2  # of each class, where sskt makes the test split
     val_fraction: Annotated[float, Gt(0), Lt(1)] | None = None  # of what remains for training, when set
     split_file: str | None = None  # CSV path,label,split: written if absent, reused if present
+    # Labelled batches drawn class-balanced: "auto" when the largest class has more than 3x the images of the
+    # smallest (single-label data), true / false to choose.
+    balanced: bool | str = "auto"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.balanced, str) and self.balanced != "auto":
+            raise SSKTError(f"data.balanced: must be auto, true or false, got {self.balanced!r}")
 
 
 @dataclass

@@ -48,8 +48,10 @@ class MixedBatchSampler:
     """
 
     def __init__(self, n_labeled: int, n_unlabeled: int, batch_size: int, ratio: float = 1.0, seed: int = 0,
-                 rank: int | None = None, world_size: int | None = None) -> None:
+                 rank: int | None = None, world_size: int | None = None, labels: Tensor | None = None) -> None:
         self.n_labeled, self.n_unlabeled = n_labeled, n_unlabeled
+        # Class-balanced draws: each labelled image weighted by 1 / its class's count (with replacement).
+        self.weights = None if labels is None else class_balanced_weights(labels)
         self.batch_size, self.seed = batch_size, seed
         self.unlabeled_per_batch = max(1, round(batch_size * ratio)) if n_unlabeled else 0
         self._rank, self._world = rank, world_size
@@ -81,7 +83,10 @@ class MixedBatchSampler:
         rank, world = self._placement()
         epoch = self.sampler.epoch
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch * 104_729 + 3)
-        order = torch.randperm(self.n_labeled, generator=g)
+        if self.weights is None:
+            order = torch.randperm(self.n_labeled, generator=g)
+        else:
+            order = torch.multinomial(self.weights, self.n_labeled, replacement=True, generator=g)
         steps = len(self)
         b, u = self.batch_size, self.unlabeled_per_batch
         if u:
@@ -94,6 +99,23 @@ class MixedBatchSampler:
                 first_u = (step * world + rank) * u
                 batch += stream[first_u:first_u + u].tolist()
             yield batch
+
+
+def class_balanced_weights(labels: Tensor) -> Tensor:
+    """Per-image weights 1 / (images of its class): every class drawn equally often.
+
+    Example:
+        >>> class_balanced_weights(torch.tensor([0, 0, 1, 1, 1, 1])).tolist()
+        [0.5, 0.5, 0.25, 0.25, 0.25, 0.25]
+    """
+    return (1.0 / torch.bincount(labels).float())[labels]
+
+
+def needs_balancing(labels: Tensor, ratio: float = 3.0) -> bool:
+    """True when the largest class has more than ``ratio`` times the images of the smallest present one."""
+    counts = torch.bincount(labels)
+    counts = counts[counts > 0]
+    return len(counts) > 1 and int(counts.max()) > ratio * int(counts.min())
 
 
 def epochs_per_unlabeled_pass(n_labeled: int, n_unlabeled: int, batch_size: int, ratio: float) -> float:

@@ -58,6 +58,12 @@ class MethodModule(L.LightningModule):
             # scores needs no class count (the dataset's classes, a pretext task's, k clusters).
             split: MultilabelMAP() if multilabel else torchmetrics.aggregation.MeanMetric()
             for split in ("val", "test")})
+        # Macro-averaged top-1 (the mean of per-class accuracies), beside top-1: what matters when classes differ in
+        # size. Only for logits over the dataset's own classes (not a pretext task's or k clusters).
+        self.macro = torch.nn.ModuleDict({
+            split: torchmetrics.classification.MulticlassAccuracy(num_classes=max(len(self.classes), 2), average="macro")
+            for split in ("val", "test")}) if not multilabel else None
+        self._macro_seen: set[str] = set()
         self.history: list[dict[str, float]] = []
         self.train_seconds = 0.0  # time in training steps only (no evaluation), summed over resumes
         self._step_start = 0.0
@@ -152,6 +158,9 @@ class MethodModule(L.LightningModule):
             loss = F.binary_cross_entropy_with_logits(logits.float(), target.float(), weight=weight)
         else:
             metric.update((logits.argmax(dim=1) == target).float())
+            if self.macro is not None and logits.shape[1] == len(self.classes):
+                self.macro[split].update(logits.argmax(dim=1), target)
+                self._macro_seen.add(split)
             loss = F.cross_entropy(logits.float(), target)
         self.log(f"{split}/loss", loss, on_epoch=True, batch_size=logits.shape[0], sync_dist=True,
                  add_dataloader_idx=False)
@@ -173,6 +182,10 @@ class MethodModule(L.LightningModule):
                             self.log(f"test/ap/{name}", ap * 100.0)
             else:
                 value = float(metric.compute()) * 100.0
+                if self.macro is not None and split in self._macro_seen:
+                    entry[f"{split}_macro_acc"] = float(self.macro[split].compute()) * 100.0
+                    self.log(f"{split}/macro_acc", entry[f"{split}_macro_acc"])
+                    self.macro[split].reset()
             metric.reset()
             self.log(f"{split}/{self.metric_name}", value, sync_dist=not self.multilabel)
             entry[f"{split}_{self.metric_name}"] = value
@@ -181,6 +194,7 @@ class MethodModule(L.LightningModule):
             if self._loss_count:
                 entry["train_loss"] = self._loss_sum / self._loss_count
             self.history = [h for h in self.history if h["epoch"] != epoch] + [entry]
+        self._macro_seen.clear()
 
     def configure_optimizers(self) -> Any:
         cfg = self.train_cfg

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from sskt.config import DataConfig, ExperimentConfig
 from sskt.data.datasets import load_data
-from sskt.data.sampling import MixedBatchSampler, epochs_per_unlabeled_pass
+from sskt.data.sampling import MixedBatchSampler, epochs_per_unlabeled_pass, needs_balancing
 from sskt.data.tensor_dataset import ImageSplits, ImageTensorDataset, collate_batch
 from sskt.engine.export import export as export_target
 from sskt.engine.history import best_by_validation
@@ -126,13 +126,26 @@ def loaders(cfg: ExperimentConfig, splits: ImageSplits, train_set: ImageTensorDa
         n_labeled, n_unlabeled = n_labeled + n_unlabeled, 0
     # Full batches only: BatchNorm never sees a 1-image last batch.
     sampler = MixedBatchSampler(n_labeled, n_unlabeled, cfg.train.batch_size, cfg.data.unlabeled_ratio,
-                                seed=cfg.seed)
+                                seed=cfg.seed, labels=None if pooled else balanced_labels(cfg, splits))
     train = DataLoader(train_set, batch_sampler=sampler, collate_fn=collate_batch, num_workers=workers,
                        persistent_workers=workers > 0)
     evals = {name: DataLoader(data, batch_size=cfg.train.eval_batch_size, shuffle=False, collate_fn=collate_batch,
                               num_workers=workers, persistent_workers=workers > 0)
              for name, data in (("val", splits.val), ("test", splits.test)) if data is not None}
     return train, evals
+
+
+def balanced_labels(cfg: ExperimentConfig, splits: ImageSplits) -> torch.Tensor | None:
+    """The labelled images' classes when batches are to be drawn class-balanced (``data.balanced``), else None."""
+    targets = splits.train.targets
+    if splits.multilabel or targets.ndim != 1 or cfg.data.balanced is False:
+        return None
+    if cfg.data.balanced == "auto" and not needs_balancing(targets):
+        return None
+    if cfg.data.balanced == "auto":
+        print("sskt: labelled batches are drawn class-balanced (data.balanced: auto; set false to draw them "
+              "as they come)", file=sys.stderr, flush=True)
+    return targets
 
 
 def _versions() -> dict[str, str]:
@@ -233,6 +246,7 @@ def fit(cfg: ExperimentConfig, callbacks: Sequence[L.Callback] = ()) -> RunResul
     record = {
         "name": cfg.name, "seed": cfg.seed, "config": cfg.to_dict(), "versions": _versions(),
         "metric": module.metric_name, "final": history[-1][key], **best_by_validation(history, module.metric_name),
+        "final_macro_acc": history[-1].get("test_macro_acc"),
         "history": history, "train_seconds": module.train_seconds,
         "wall_seconds_this_invocation": round(time.perf_counter() - started, 2), "resumed_from": resume,
         "wall_seconds": round(module.wall_seconds(), 2),

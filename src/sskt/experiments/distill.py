@@ -325,6 +325,7 @@ def distill(data_dir: str | os.PathLike, out_dir: str | os.PathLike, unlabeled: 
     sizes = _sizes(plan, len(data.classes), out / "model.pt")
     report = {
         "target": {"arch": plan.target_arch, "test_acc": distilled.get("final"), "best_at_val": distilled.get("best"),
+                   "test_macro_acc": distilled.get("final_macro_acc"),
                    "params": sizes["target_params"], "ms": sizes["target_ms"], "input_size": plan.image_size},
         "source": {"arch": SOURCE_ARCH, "test_acc": test_top1, "val_acc": val_top1, "params": sizes["source_params"],
                    "ms": sizes["source_ms"], "input_size": plan.source_size, "teaches": distilled.get("teaches")},
