@@ -61,12 +61,14 @@ def run(seed: int, budget: str) -> None:
     cmd = ["sskt", "distill", str(data), "--out", str(out), "--unlabeled", str(unlabeled), "--seed", str(seed),
            "--budget", budget]
     print(" ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    invocations = out / "invocations.jsonl"
-    with invocations.open("a") as fh:  # a resumed seed adds its invocations' CPU together
-        fh.write(json.dumps({"cpu_s": round(cpu, 1), "wall_s": round(time.perf_counter() - start, 1)}) + "\n")
+    try:
+        subprocess.run(cmd, check=True)
+    finally:  # an interrupted invocation is charged too: a resumed seed adds its invocations' CPU together
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        out.mkdir(parents=True, exist_ok=True)
+        with (out / "invocations.jsonl").open("a") as fh:
+            fh.write(json.dumps({"cpu_s": round(cpu, 1), "wall_s": round(time.perf_counter() - start, 1)}) + "\n")
 
 
 def report() -> None:
@@ -79,6 +81,7 @@ def report() -> None:
         inv = [json.loads(line) for line in (seed_dir / "invocations.jsonl").read_text().splitlines()]
         rows.append({"seed": r["seed"], "final": r["target"]["test_acc"], "best_at_val": r["target"]["best_at_val"],
                      "source_test": r["source"]["test_acc"], "cpu_min": round(sum(i["cpu_s"] for i in inv) / 60, 1),
+                     "cluster_epochs": r["plan"]["cluster_epochs"], "distill_epochs": r["plan"]["distill_epochs"],
                      **{f"{k}_cpu_min": round(v["cpu_s"] / 60, 1) for k, v in r["stages"].items()}})
     if not rows:
         sys.exit("no finished seed yet")

@@ -62,6 +62,14 @@ def test_overrides_reach_the_distillation_stage_unless_prefixed(tmp_path: Path) 
         apply_stage_overrides(stage_configs(data, plan, tmp_path, None, 0, False, False), ["scratch.seed=1"])
 
 
+def test_a_stage_is_charged_for_every_invocation(tmp_path: Path) -> None:
+    from sskt.experiments.distill import _stage_cost
+
+    _stage_cost(tmp_path, 10.0, 12.0)  # interrupted
+    assert _stage_cost(tmp_path, 5.0, 6.0) == {"cpu_s": 15.0, "wall_s": 18.0, "invocations": 2}  # resumed
+    assert _stage_cost(tmp_path)["cpu_s"] == 15.0  # read back when reused
+
+
 def _messy_folder(root: Path) -> None:
     """3 classes x 20 images in one folder of class subfolders: mixed sizes (tiny to large) and modes."""
     from PIL import Image

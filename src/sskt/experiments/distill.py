@@ -161,22 +161,44 @@ def _progress(name: str, every_s: float = 30.0) -> Any:
     return EpochLine()
 
 
+def _stage_cost(stage_dir: Path, cpu_s: float = 0.0, wall_s: float = 0.0) -> dict:
+    """The CPU and wall seconds a stage has cost over every invocation (``stage_dir/cost.json``), after adding
+    ``cpu_s`` / ``wall_s``: an interrupted and resumed stage is charged for all of its work."""
+    from sskt.io import atomic_json_dump
+
+    path = stage_dir / "cost.json"
+    try:
+        cost = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cost = {"cpu_s": 0.0, "wall_s": 0.0, "invocations": 0}
+    if cpu_s or wall_s:
+        cost = {"cpu_s": round(cost["cpu_s"] + cpu_s, 1), "wall_s": round(cost["wall_s"] + wall_s, 1),
+                "invocations": cost["invocations"] + 1}
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        atomic_json_dump(cost, path)
+    return cost
+
+
 def _run_stage(name: str, cfg: ExperimentConfig, times: dict[str, dict]) -> dict:
     from sskt.engine.run import fit
     from sskt.experiments.noroozi import cluster_transfer
 
+    stage_dir = Path(cfg.out_dir)
     done = _finished(cfg)
     if done is not None:
         _say(f"stage {name}: done before, reused ({cfg.out_dir})")
-        times[name] = {"cpu_s": 0.0, "wall_s": 0.0, "reused": True}
+        times[name] = {**_stage_cost(stage_dir), "reused": True, "this_invocation_cpu_s": 0.0}
         return done
     _say(f"stage {name}: {cfg.train.epochs} epoch(s) -> {cfg.out_dir}")
     cpu, wall = time.process_time(), time.perf_counter()
     progress = [_progress(name)]
-    result = (cluster_transfer(cfg, progress) if cfg.method.get("name") == "cluster-transfer"
-              else fit(cfg, callbacks=progress))
-    times[name] = {"cpu_s": round(time.process_time() - cpu, 1), "wall_s": round(time.perf_counter() - wall, 1),
-                   "reused": False}
+    try:
+        result = (cluster_transfer(cfg, progress) if cfg.method.get("name") == "cluster-transfer"
+                  else fit(cfg, callbacks=progress))
+    finally:  # also when interrupted: the rerun adds the rest
+        spent = time.process_time() - cpu
+        cost = _stage_cost(stage_dir, spent, time.perf_counter() - wall)
+    times[name] = {**cost, "reused": False, "this_invocation_cpu_s": spent}
     return result.record
 
 
@@ -332,7 +354,10 @@ def distill(data_dir: str | os.PathLike, out_dir: str | os.PathLike, unlabeled: 
         "scratch": {"test_acc": records["scratch"].get("final")} if "scratch" in records else None,
         "stages": times, "plan": dataclasses.asdict(plan), "files": files,
         "rates_ms_per_image": {k: round(v * 1e3, 3) for k, v in dataclasses.asdict(rates).items()},
-        "cpu_s": round(time.process_time() - cpu0, 1), "wall_s": round(time.perf_counter() - wall0, 1),
+        # Every stage's cost over all invocations, plus this invocation's planning, export and report.
+        "cpu_s": round(sum(t["cpu_s"] for t in times.values()) + time.process_time() - cpu0
+                       - sum(t.pop("this_invocation_cpu_s") for t in times.values()), 1),
+        "wall_s": round(time.perf_counter() - wall0, 1),
         "data": {"root": str(data.root), "layout": data.layout, "classes": data.classes,
                  "train_images": distilled.get("train_images"), "val_images": distilled.get("val_images"),
                  "test_images": distilled.get("test_images"), "unlabeled_images": distilled.get("unlabeled_images")},
