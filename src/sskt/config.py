@@ -239,9 +239,9 @@ def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
             if isinstance(node, list):
                 node = node[_index(part, node, key)]
             else:
-                node = node.setdefault(part, {})
-                if node is None:
-                    raise SSKTError(f"override {key}: {part} is empty in the config")
+                if node.get(part) is None:  # an empty section (``options: null``) is filled in
+                    node[part] = {}
+                node = node[part]
             if not isinstance(node, (dict, list)):
                 raise SSKTError(f"override {key}: {'.'.join(parts[:i + 1])} is {node!r}, not a section or a list")
         last = parts[-1]

@@ -54,10 +54,48 @@ def validate(cls: type[T], raw: dict, prefix: str = "") -> T:
         if unknown:
             where = f" in {prefix}" if prefix else ""
             raise SSKTError(f"unknown key(s){where}: {unknown}; known: {sorted(known)}")
+        for key, value in raw.items():
+            if isinstance(value, bool) and not _takes_bool(cls, key):
+                # pydantic's lax mode reads true as 1: `train.epochs=true` would train one epoch.
+                got = "true" if value else "false"
+                raise SSKTError(f"{'.'.join(p for p in (prefix, str(key)) if p)}: expected "
+                                f"{_expected_of(cls, key)}, got {got}")
     try:
         return _adapter(cls).validate_python(raw, context={"prefix": prefix})
     except pydantic.ValidationError as err:
         raise SSKTError(describe(err.errors(), prefix)) from None
+
+
+def _field_types(cls: type, key: str) -> list[Any]:
+    """The plain types a field's annotation admits (``Annotated`` and unions unwrapped); [Any] if unknown."""
+    import typing
+
+    try:
+        hint = typing.get_type_hints(cls, include_extras=True).get(key, Any)
+    except Exception:  # an annotation that cannot be resolved here: no opinion
+        return [Any]
+    out, todo = [], [hint]
+    while todo:
+        t = todo.pop()
+        origin = typing.get_origin(t)
+        if origin is typing.Annotated:
+            todo.append(typing.get_args(t)[0])
+        elif origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+            todo.extend(typing.get_args(t))
+        else:
+            out.append(origin or t)
+    return out
+
+
+def _takes_bool(cls: type, key: str) -> bool:
+    types = _field_types(cls, key)
+    # A field of no numeric type (text, a list, a mapping, a nested section) keeps pydantic's own check.
+    return Any in types or bool in types or not ({int, float} & set(types))
+
+
+def _expected_of(cls: type, key: str) -> str:
+    types = set(_field_types(cls, key))
+    return "an integer" if int in types and float not in types else "a number"
 
 
 class Parsed:

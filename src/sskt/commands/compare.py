@@ -13,7 +13,9 @@ from sskt.errors import SSKTError
 
 def _compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="a comparison YAML: name, out_dir, seeds, base experiment, variants")
-    p.add_argument("overrides", nargs="*", help="dotted overrides applied to every run, e.g. train.epochs=1")
+    # "items": the parser also collects key=value given after an option (sskt compare g.yaml --out D k=v).
+    p.add_argument("items", nargs="*", metavar="key=value",
+                   help="dotted overrides applied to every run, e.g. train.epochs=1")
     p.add_argument("--only", action="append", default=[], metavar="VARIANT", help="run only this variant (repeatable)")
     p.add_argument("--report-only", action="store_true", help="train nothing: tabulate the finished runs")
     p.add_argument("--out", default=None, metavar="DIR", help="output folder instead of the file's out_dir")
@@ -25,7 +27,7 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
 def run_compare(args: argparse.Namespace) -> int:
     from sskt.experiments.compare import CompareConfig, compare
 
-    bad = [o for o in args.overrides if "=" not in o]
+    bad = [o for o in args.items if "=" not in o]
     if bad:
         raise SSKTError(f"expected key=value overrides after the comparison file, got {bad}")
     config = CompareConfig.from_yaml(args.config)
@@ -38,7 +40,7 @@ def run_compare(args: argparse.Namespace) -> int:
         if missing:
             raise SSKTError(f"--seeds {missing} are not among the file's seeds {config.seeds}")
         config.seeds = wanted
-    result = compare(config, args.overrides, args.only, args.out, args.report_only)
+    result = compare(config, args.items, args.only, args.out, args.report_only)
     if "table" in result:
         print(Path(result["table"]).read_text())
         print(f"table: {result['table']}\ncsv: {result['csv']}\nbars: {result['bars']}\ncurves: {result['curves']}")

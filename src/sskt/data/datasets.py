@@ -125,7 +125,11 @@ def partition_train(labels: Tensor, cfg: DataConfig, classes: list[str]) -> Trai
         taken = labeled if val is None else torch.cat([labeled, val])
         unlabeled = _without(torch.arange(n), taken)
         if len(unlabeled) == 0:
-            raise SSKTError("data.unlabeled=rest but every training image is labelled; set data.per_class")
+            fix = ("set data.per_class (labelled images per class) to leave some unlabelled" if cfg.per_class is None
+                   else f"lower data.per_class={cfg.per_class}" + (f" or data.val_per_class={cfg.val_per_class}"
+                                                                    if cfg.val_per_class else ""))
+            raise SSKTError(f"data.unlabeled=rest but every training image is labelled; {fix}, or give "
+                            f"data.unlabeled a folder of unlabelled images")
         if cfg.unlabeled_count is not None:
             g = torch.Generator().manual_seed(cfg.subset_seed + 104729)
             unlabeled = unlabeled[torch.randperm(len(unlabeled), generator=g)[:cfg.unlabeled_count]].sort().values
@@ -348,10 +352,17 @@ def imagefolder(cfg: DataConfig) -> ImageSplits:
     return splits
 
 
+# The built-in datasets that read nothing from data.options (the others check the keys they are given).
+TAKES_NO_OPTIONS = frozenset({"cifar10", "cifar100", "stl10", "mnist", "fashion-mnist", "imagefolder", "digits"})
+
+
 def load_data(cfg: DataConfig, min_train_images: int = 0) -> ImageSplits:
     """The train and test splits of ``cfg.dataset``, subset and decoded, with the validation split and the
     unlabelled images when the config asks for them. Fewer than ``min_train_images`` labelled training
     images (a batch) is an error raised, for datasets that subset before decoding, before any decoding."""
+    if cfg.options and cfg.dataset in TAKES_NO_OPTIONS:  # never silently ignored
+        raise SSKTError(f"dataset {cfg.dataset!r} takes no data.options (got {sorted(cfg.options)}); remove them "
+                        f"(its settings are data.* keys: sskt train --help lists them)")
     token = _MIN_TRAIN_IMAGES.set(min_train_images)
     try:
         splits = DATASETS.get(cfg.dataset)(cfg)

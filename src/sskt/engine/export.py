@@ -93,11 +93,14 @@ def resolve_format(path: str | os.PathLike, format: str | None = None) -> str:
 def export(checkpoint: str | os.PathLike, path: str | os.PathLike, format: str | None = None) -> Exported:
     """Write the target of a training checkpoint (main head only, normalisation included) to ``path``
     in ``format`` (default: from the suffix, else the sskt model file), and a model card to
-    ``<path>.md``. Both are written atomically and honour the umask."""
+    ``<path>.md``. Both are written atomically and honour the umask. A folder (one that exists, or a path
+    ending in ``/``) receives ``model.<suffix>`` and its card inside it."""
+    folder = str(path).endswith(("/", os.sep)) or Path(path).is_dir()
     path = Path(path)
-    fmt = resolve_format(path, format)
-    if path.is_dir():
-        raise SSKTError(f"{path} is a directory; give a file name, e.g. {path / ('target' + _suffix(fmt))}")
+    fmt = resolve_format(path, format) if not folder else resolve_format(path / "model.pt", format)
+    if folder:  # a folder (existing, or named with a trailing slash): the model goes inside it
+        path = path / f"model{_suffix(fmt)}"
+        path.parent.mkdir(parents=True, exist_ok=True)
     ckpt = _read_training_checkpoint(checkpoint)
     net, meta = _target_from_checkpoint(ckpt, str(checkpoint))
     card_path = path.with_name(path.name + ".md")

@@ -314,7 +314,6 @@ def compare(config: CompareConfig | str | Path, overrides: Sequence[str] = (),
     if out_dir is not None:
         cfg.out_dir = out_dir
     out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     variants = [v for v in cfg.variants if not only or v.name in only]
     unknown = sorted(set(only) - {v.name for v in cfg.variants})
     if unknown:
@@ -322,6 +321,10 @@ def compare(config: CompareConfig | str | Path, overrides: Sequence[str] = (),
     # Build every run's config first: a typo fails now, not an hour into the grid.
     # Seed-major order: a grid stopped half-way still has every method on the first seeds.
     plan = [(v, s, cfg.run_config(v, s, overrides)) for s in cfg.seeds for v in variants]
+    if report_only and not any((Path(c.out_dir) / "result.json").is_file() for _, _, c in plan):
+        raise SSKTError(f"no finished run of this grid under {out_dir} to report; run it without --report-only "
+                        f"first (or give the folder it ran in with --out)")
+    out_dir.mkdir(parents=True, exist_ok=True)
     records: dict[tuple[str, int], dict] = {}
     reused, failed = [], []
     started = time.perf_counter()

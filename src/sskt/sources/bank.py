@@ -93,6 +93,10 @@ class SourceBank(nn.Module):
                     resized[key] = x
                 with self._autocast(src, images.device):
                     logits = src.network(src.normalize(resized[key])).float()
+                if not bool(torch.isfinite(logits).all()):  # checked where computed: a cache never stores NaN
+                    raise SSKTError(f"source {src.name!r} gave non-finite outputs (NaN or inf) on a batch of "
+                                    f"{images.shape[0]} images; check its checkpoint for NaN weights, or remove "
+                                    f"this source")
                 out[src.name] = regroup(logits)
         # Leave inference mode: clones are ordinary tensors that losses may save for backward.
         return {k: v.clone() for k, v in out.items()}
