@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sskt.progress import Progress
+
 Data = Tensor | Iterable
 
 
@@ -112,9 +114,11 @@ def extract_multi(
 
     handles = [modules[n].register_forward_hook(hook(n)) for n in layers if n is not None]
     chunks: dict[str | None, list[Tensor]] = {n: [] for n in layers}
+    total = len(data) if isinstance(data, Tensor) else 0
     try:
-        with _frozen(model):
+        with _frozen(model), Progress(total, f"features of {type(model).__name__}", "images") as bar:
             for images in _batches(data, batch_size):
+                bar.update(len(images))
                 out = model(_to_float01(images.to(device)))
                 if isinstance(out, (tuple, list)):
                     out = out[0]

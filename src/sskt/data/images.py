@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from sskt.errors import SSKTError
+from sskt.progress import progress
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".gif", ".tif", ".tiff", ".webp"}
 # What a file decodes to under this policy; part of the decoded-tensor cache key, so bump it whenever the
@@ -153,7 +154,7 @@ def decode_images(paths: list[Path], size: int | None) -> torch.Tensor:
             return torch.from_numpy(np.load(cache))
         except (ValueError, OSError, EOFError):
             cache.unlink(missing_ok=True)  # a damaged cache is rebuilt, never used
-    arrays = [read_image(p, size) for p in paths]
+    arrays = [read_image(p, size) for p in progress(paths, len(paths), "decoding images", "files")]
     shapes = sorted({a.shape[:2] for a in arrays})
     if len(shapes) > 1:
         (h1, w1), (h2, w2) = shapes[:2]

@@ -26,6 +26,7 @@ from sskt.data.augment import to_float
 from sskt.errors import SSKTError
 from sskt.evaluation.probes import linear_probe
 from sskt.models.factory import classifier_name
+from sskt.progress import Progress
 from sskt.sources.source import Source
 
 WEIGHT_DECAYS = (1e-3, 1e-2, 1e-1, 0.3, 1.0)  # L2 penalties tried when a validation split can choose
@@ -55,9 +56,11 @@ def features_and_logits(src: Source, images: Tensor, batch_size: int = 256,
     src.eval()
     logits: list[Tensor] = []
     try:
-        for start in range(0, len(images), batch_size):
-            batch = images[start:start + batch_size]
-            logits.append(src(to_float(batch if device is None else batch.to(device))).float().cpu())
+        with Progress(len(images), f"features of source {src.name!r}", "images") as bar:
+            for start in range(0, len(images), batch_size):
+                batch = images[start:start + batch_size]
+                logits.append(src(to_float(batch if device is None else batch.to(device))).float().cpu())
+                bar.update(len(batch))
     finally:
         hook.remove()
         src.train(was_training)

@@ -43,6 +43,7 @@ from torch import Tensor
 
 from sskt.data.augment import apply_view, to_float
 from sskt.errors import SSKTError
+from sskt.progress import Progress
 from sskt.sources.bank import SourceBank
 from sskt.sources.cache_file import CacheFile, CorruptCache, build_lock, compress_logits, expand_logits
 from sskt.sources.cache_keys import CacheSpec, cache_key, dataset_fingerprint, sample_views, source_fingerprint
@@ -294,17 +295,5 @@ def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, enabled: bool, desc: str):
-    if not enabled:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="view", file=sys.stderr, dynamic_ncols=True)
+def _progress(total: int, enabled: bool, desc: str) -> Progress:
+    return Progress(total, desc, "views", enabled)
