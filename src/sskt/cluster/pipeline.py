@@ -75,7 +75,7 @@ class Clustering:
 
 
 def cached_features(teacher: torch.nn.Module, images: Tensor, data_key: str, cache_dir: Path | None,
-                    batch_size: int = 256) -> Tensor:
+                    batch_size: int | None = None) -> Tensor:
     """Teacher features of ``images``, read from / written to ``cache_dir`` by (teacher, data)."""
     path = None
     if cache_dir is not None:
@@ -99,7 +99,7 @@ def cluster_images(
     seed: int = 0,
     niter: int = 50,
     cache_dir: str | Path | None = None,
-    batch_size: int = 256,
+    batch_size: int | None = None,
 ) -> Clustering:
     """Cluster the teacher's features of ``train_images`` into ``k`` groups (see the module docstring).
 

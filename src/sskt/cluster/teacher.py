@@ -49,7 +49,7 @@ class NetworkTeacher(nn.Module):
                  classifier: str | None, spatial: int | None = None, fingerprint: str = "",
                  input_size: int | None = None) -> None:
         super().__init__()
-        self.network = network.eval()
+        self.network = network.eval().to(memory_format=torch.channels_last)
         self.input_size = input_size
         self.normalize = Normalize(mean, std)
         self.layer, self.spatial, self.fingerprint = layer, spatial, fingerprint
@@ -75,8 +75,11 @@ class NetworkTeacher(nn.Module):
         if self.input_size is not None and tuple(images.shape[-2:]) != (self.input_size, self.input_size):
             images = F.interpolate(images.float(), size=(self.input_size, self.input_size), mode="bilinear",
                                    align_corners=False)
+        x = self.normalize(images)
+        if x.ndim == 4:  # channels_last: fp32 convolutions, depthwise ones above all, run up to 1.7x faster on a CPU
+            x = x.contiguous(memory_format=torch.channels_last)
         try:
-            self.network(self.normalize(images))
+            self.network(x)
         finally:
             handle.remove()
         return _pool(captured[0], self.spatial).float()
@@ -177,9 +180,13 @@ def load_teacher(spec: str, arch: str | None = None, layer: str | None = None, s
 
 
 @torch.no_grad()
-def teacher_features(teacher: nn.Module, images: Tensor, batch_size: int = 256) -> Tensor:
-    """Features (N, D) float32 on the CPU of a uint8 or float [0, 1] image tensor."""
+def teacher_features(teacher: nn.Module, images: Tensor, batch_size: int | None = None) -> Tensor:
+    """Features (N, D) float32 on the CPU of a uint8 or float [0, 1] image tensor. ``batch_size`` None: 32 on
+    a CPU (small batches stay in its caches: twice as fast per image as 256 for an EfficientNet), 256 on a GPU."""
     teacher.eval()
+    if batch_size is None:
+        on_gpu = any(p.is_cuda for p in teacher.parameters())
+        batch_size = 256 if on_gpu else 32
     chunks = []
     for i in range(0, len(images), batch_size):
         x = images[i:i + batch_size]

@@ -148,9 +148,11 @@ def time_rates(target_arch: str, image_size: int, num_classes: int, source_size:
     net.eval()
     with torch.inference_mode():
         evaluate = cpu(lambda: net(x), repeat) / BATCH
-        src = source_network(source_size)
-        xs = torch.rand(BATCH, 3, source_size, source_size)
-        source = cpu(lambda: src(xs), max(1, repeat // 2)) / BATCH
+        from sskt.sources.bank import SourceBank
+
+        bank = SourceBank([source_network(source_size)], "auto")  # as the run's sources and cache run it
+        xs = torch.rand(BATCH, 3, image_size, image_size)
+        source = cpu(lambda: bank(xs), max(1, repeat // 2)) / BATCH
     return Rates(train, evaluate, source)
 
 

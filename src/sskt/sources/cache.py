@@ -169,6 +169,7 @@ class SoftLabelCache:
         first = next(iter(files.values()))
         total = sum(first.chunk_rows(c)[1] - first.chunk_rows(c)[0] for c in chunks) * spec.views
         bar = _progress(total, progress, f"soft-label cache ({spec.mode}, {len(files)} source(s))")
+        step = spec.batch_size or (256 if torch.device(device).type == "cuda" else 32)
         was_training = bank.training
         moved = {s.name: next(s.parameters()).device for s in bank.sources if any(True for _ in s.parameters())}
         bank.to(device).eval()
@@ -181,8 +182,8 @@ class SoftLabelCache:
                 v = views[a:b].reshape(-1, 3)
                 x = images[a:b].repeat_interleave(spec.views, dim=0)
                 parts: dict[str, list[tuple[Tensor, Tensor, Tensor]]] = {s.name: [] for s in need}
-                for s0 in range(0, x.shape[0], spec.batch_size):
-                    xb = to_float(apply_view(x[s0:s0 + spec.batch_size], v[s0:s0 + spec.batch_size], padding))
+                for s0 in range(0, x.shape[0], step):
+                    xb = to_float(apply_view(x[s0:s0 + step], v[s0:s0 + step], padding))
                     out = sub(xb.to(device))
                     for s in need:
                         parts[s.name].append(compress_logits(out[s.name].cpu(), stored_k(s, spec), temperatures[s.name]))
