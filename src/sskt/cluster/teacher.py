@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from sskt.errors import SSKTError
 from sskt.models.target import Normalize, TargetNetwork
 from sskt.models.weights import file_digest, load_network, load_pretrained, read_checkpoint
+from sskt.progress import Progress
 
 
 def _pool(x: Tensor, spatial: int | None) -> Tensor:
@@ -188,8 +189,10 @@ def teacher_features(teacher: nn.Module, images: Tensor, batch_size: int | None 
         on_gpu = any(p.is_cuda for p in teacher.parameters())
         batch_size = 256 if on_gpu else 32
     chunks = []
-    for i in range(0, len(images), batch_size):
-        x = images[i:i + batch_size]
-        x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
-        chunks.append(teacher(x).float().cpu())
+    with Progress(len(images), "teacher features", "images") as bar:
+        for i in range(0, len(images), batch_size):
+            x = images[i:i + batch_size]
+            x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
+            chunks.append(teacher(x).float().cpu())
+            bar.update(len(x))
     return torch.cat(chunks)
