@@ -15,6 +15,7 @@ from sskt import __version__
 from sskt.commands import cache, compare, distill, evaluate, export, noroozi, predict, quickstart, rank_sources, train  # noqa: F401  (register)
 from sskt.commands.kit import COMMANDS
 from sskt.errors import SSKTError
+from sskt.io import disk_full_report
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,11 +59,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sskt: interrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
         return 130
-    except OSError as err:  # the filesystem (a full disk, a permission): files are written atomically, none is half there
-        where = f" ({err.filename})" if err.filename else ""
-        print(f"sskt: error: {err.strerror or err}{where}; free space or fix the path, then run the same command "
-              f"again to resume", file=sys.stderr)
-        return 2
+    except Exception as err:
+        # A full disk anywhere in the chain: sskt's own writes raise DiskFullError (an SSKTError, above); this
+        # catches files libraries write themselves (CSV and TensorBoard logs, torch's writer in a RuntimeError).
+        full = disk_full_report(err)
+        if full is not None:
+            print(f"sskt: error: {full}", file=sys.stderr)
+            return 2
+        if isinstance(err, OSError):  # a permission, a missing folder: files are written atomically, none is half there
+            where = f" ({err.filename})" if err.filename else ""
+            print(f"sskt: error: {err.strerror or err}{where}; fix the path, then run the same command again to "
+                  f"resume", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":  # python -m sskt.cli

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from pathlib import Path
 from statistics import median
 from typing import Iterable
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 
 from sskt.errors import SSKTError
+from sskt.io import DiskFullError, atomic_write
 from sskt.progress import progress
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".gif", ".tif", ".tiff", ".webp"}
@@ -162,8 +164,28 @@ def decode_images(paths: list[Path], size: int | None) -> torch.Tensor:
         raise SSKTError(f"images have different sizes ({w1}x{h1} and {w2}x{h2} px{more}); set data.image_size to "
                         f"decode them all at one size")
     out = np.stack(arrays).transpose(0, 3, 1, 2).copy() if arrays else np.zeros((0, 3, size or 1, size or 1), np.uint8)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".{os.getpid()}.tmp.npy")
-    np.save(tmp, out)
-    os.replace(tmp, cache)
+    _write_decoded_cache(cache, out)
     return torch.from_numpy(out)
+
+
+# Cache folders already warned about in this process: one warning, not one per split (writes are still tried).
+_WARNED_CACHES: set[Path] = set()
+
+
+def _write_decoded_cache(cache: Path, out: np.ndarray) -> None:
+    """Keep ``out`` in the decoded-image cache, atomically. The cache only saves time: decoding worked, so a
+    cache that cannot be written (full disk, quota, read-only or unwritable folder) is one warning per
+    process and the run goes on without it."""
+    elsewhere = "set SSKT_CACHE_DIR to a folder with room; going on without the decoded-image cache (each run decodes again)"
+    try:
+        # size: the array plus an upper bound of the .npy header, reserved before writing
+        atomic_write(cache, lambda fh: np.save(fh, out), size=out.nbytes + 4096, elsewhere=elsewhere)
+        return
+    except DiskFullError as err:
+        line = str(err)
+    except OSError as err:
+        line = (f"cannot write the decoded-image cache {cache} ({err.strerror or err}); going on without it (each run "
+                f"decodes again): set SSKT_CACHE_DIR to a writable folder")
+    if cache.parent not in _WARNED_CACHES:
+        _WARNED_CACHES.add(cache.parent)
+        print(f"sskt: warning: {line}", file=sys.stderr, flush=True)

@@ -109,8 +109,10 @@ def export(checkpoint: str | os.PathLike, path: str | os.PathLike, format: str |
     payload = _WRITERS[fmt](net, meta)  # everything is converted before anything is written
     card = model_card(ckpt, net, meta, path.name, fmt)
     try:
-        atomic_write(path, lambda fh: fh.write(payload))
-        atomic_write(card_path, lambda fh: fh.write(card.encode()))
+        # bytes, so their size is reserved on disk first; a full disk is one DiskFullError naming the file
+        elsewhere = "export to another path, then run the same command again"
+        atomic_write(path, payload, elsewhere=elsewhere)
+        atomic_write(card_path, card.encode(), elsewhere=elsewhere)
     except OSError as err:
         raise SSKTError(f"cannot write {path} ({err.strerror or err}); choose a writable file path") from None
     return Exported(path, card_path, fmt)

@@ -16,12 +16,16 @@ import torch
 from torch import Tensor
 
 from sskt.errors import SSKTError
+from sskt.io import DiskFullError, disk_full_error, disk_full_message, reserve
 
 FORMAT_VERSION = 1
 MAGIC = b"SSKTSLC1"
 FOOTER_MAGIC = b"SSKTEND1"
 HEADER_BYTES = 4096
 FOOTER_BYTES = 16
+# The fix named when the disk cannot hold a cache file.
+CACHE_ELSEWHERE = ("set method.cache.dir to a folder with room (or drop method.cache: live sources need no disk), "
+                   "then run the same command again")
 
 
 class CorruptCache(Exception):
@@ -58,6 +62,15 @@ class CacheFile:
 
     def records(self, writable: bool = False) -> np.memmap:
         if self._records is None or (writable and not self._records.flags.writeable):
+            if writable:  # a file resumed from an older, sparse build gets its holes reserved too
+                with open(self.path, "r+b") as f:
+                    try:
+                        reserve(f.fileno(), self.size)
+                    except OSError as err:
+                        full = disk_full_error(err)
+                        if full is None:
+                            raise
+                        raise self._full(full) from err
             self._records = np.memmap(self.path, dtype=self.dtype, mode="r+" if writable else "r",
                                       offset=self.records_offset, shape=(self.meta["n"],))
         return self._records
@@ -79,12 +92,32 @@ class CacheFile:
 
     # -- lifecycle
     def create(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        """A new file of the full size: header, empty chunk table, zeroed records and footer.
+
+        The whole size is reserved on disk before the records are mapped (``posix_fallocate``): a full
+        disk is one error here, never a SIGBUS when a mapped page is first written. Where the filesystem
+        cannot reserve space the file stays sparse, as before."""
         self.close()
-        with open(self.path, "wb") as f:
-            f.write(self.header_bytes())
-            f.write(b"\0" * (self.records_offset - HEADER_BYTES))
-            f.truncate(self.size)  # sparse: records are filled chunk by chunk
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "wb") as f:
+                reserve(f.fileno(), self.size)
+                f.write(self.header_bytes())
+                f.write(b"\0" * (self.records_offset - HEADER_BYTES))
+                f.truncate(self.size)  # records are filled chunk by chunk
+        except OSError as err:
+            full = disk_full_error(err)
+            if full is None:
+                raise
+            try:
+                self.path.unlink(missing_ok=True)  # no file that a later run would take for a resumable build
+            except OSError:
+                pass  # a read-only filesystem: nothing was written to it either
+            raise self._full(full) from err
+
+    def _full(self, err: OSError) -> DiskFullError:
+        """The one error for a disk that cannot hold this file."""
+        return DiskFullError(disk_full_message(err, self.path, self.size, CACHE_ELSEWHERE), self.path, self.size)
 
     def check(self) -> tuple[np.ndarray, bool]:
         """(chunk table, complete?) of a file on disk; raises CorruptCache with the reason."""
