@@ -26,7 +26,7 @@ from sskt.engine.export import export as export_target
 from sskt.engine.history import best_by_validation
 from sskt.engine.lit import MethodModule
 from sskt.engine.loggers import build_loggers
-from sskt.engine.rundir import announce, prepare_run_dir
+from sskt.engine.rundir import announce, prepare_run_dir, run_lock
 from sskt.errors import SSKTError
 from sskt.evaluation.scoring import evaluate_model
 from sskt.io import atomic_json_dump, atomic_torch_save
@@ -186,12 +186,18 @@ def fit(cfg: ExperimentConfig, callbacks: Sequence[L.Callback] = ()) -> RunResul
     """Train ``cfg`` to the end, resuming from ``out_dir/checkpoints/last.ckpt`` if it exists.
 
     Writes logs (CSV, TensorBoard), checkpoints, ``result.json`` (config, seed, versions, wall time,
-    per-epoch test metric) and ``target.pt`` (the target alone) under ``cfg.out_dir``.
+    per-epoch test metric) and ``target.pt`` (the target alone) under ``cfg.out_dir``. The folder is locked
+    until it returns or raises: a second run started in it meanwhile stops at once (SSKTError).
 
     Example:
         >>> cfg = ExperimentConfig.from_yaml("configs/quick_digits.yaml")  # doctest: +SKIP
         >>> result = fit(cfg); print(result.final)  # doctest: +SKIP
     """
+    with run_lock(Path(cfg.out_dir)):  # one run at a time in a folder, before anything is read or written
+        return _fit_locked(cfg, callbacks)
+
+
+def _fit_locked(cfg: ExperimentConfig, callbacks: Sequence[L.Callback]) -> RunResult:
     started = time.perf_counter()
     seed_run(cfg.seed)
     out_dir = Path(cfg.out_dir)

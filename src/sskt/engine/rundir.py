@@ -4,20 +4,36 @@
 be written, and a rerun whose config differs from the run already there in a key that changes what is
 trained (naming the keys); the keys of :data:`CONTINUABLE` (more epochs, how often to evaluate, devices,
 logging) may change on purpose, and the change is reported. ``train.resume=false`` starts over.
+
+``fit`` holds :func:`run_lock` for its whole life: a second run started in the same folder stops at once
+with one line naming the process that holds it. The lock is ``flock`` on ``out_dir/.sskt-run.lock``, which
+the kernel releases when its process ends however it ends, so a killed run never leaves a stale lock;
+``.sskt-run.owner`` beside it names the holder (pid, host, start time) for that message.
 """
 from __future__ import annotations
 
+import errno
 import json
+import os
+import socket
 import sys
 import tempfile
+import time
+from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Mapping
 
 import yaml
 
 from sskt.config import ExperimentConfig
 from sskt.errors import SSKTError
 from sskt.io import atomic_text_write
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: runs are not locked
+    fcntl = None  # type: ignore[assignment]
 
 # Keys that change how a run is shown or stored, never what it computes.
 COSMETIC = frozenset({
@@ -29,6 +45,15 @@ COSMETIC = frozenset({
 CONTINUABLE = COSMETIC | {"train.epochs", "train.eval_every", "train.accelerator", "train.devices",
                           "train.strategy", "train.num_nodes"}
 CONFIG_FILE = "config.yaml"
+LOCK_FILE = ".sskt-run.lock"
+OWNER_FILE = ".sskt-run.owner"
+# Where launchers put a process's rank (Lightning's DDP children, torchrun, SLURM, MPI, LSF): a process
+# with a non-zero rank here is a further rank of a run that its launching process has locked already.
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK",
+                  "PMI_RANK", "JSM_NAMESPACE_RANK")
+# How long a run that finds the lock taken looks again while the holder's owner file is missing or names
+# a dead process (the moment between one run's lock and its owner file, or its end and its unlock).
+_OWNER_GRACE_S = 1.0
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -146,3 +171,142 @@ def announce(note: str | None) -> None:
         print(f"sskt: {note}", file=sys.stderr, flush=True)
 
 
+# Descriptors of the run locks this process holds. A forked child (a DataLoader worker) closes its copies,
+# never unlocks them: otherwise the lock would outlive a killed run for as long as its workers do.
+_HELD: set[int] = set()
+
+
+def _close_held_in_child() -> None:
+    for fd in _HELD:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_held_in_child)
+
+
+def launches_run(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether this process is the one that started the run, not a further rank of a multi-process run.
+
+    Lightning starts DDP ranks 1.. by running the same command again with ``LOCAL_RANK`` set (and
+    ``NODE_RANK`` on other nodes); torchrun, SLURM, MPI and LSF set their own rank variables
+    (:data:`RANK_VARIABLES`). Only a process whose every rank variable is unset or 0 locks the folder.
+
+    Example:
+        >>> launches_run({}), launches_run({"LOCAL_RANK": "0"}), launches_run({"LOCAL_RANK": "1"})
+        (True, True, False)
+    """
+    return all(environ.get(name, "").strip() in ("", "0") for name in RANK_VARIABLES)
+
+
+@contextmanager
+def run_lock(out_dir: Path) -> Iterator[None]:
+    """Hold ``out_dir`` for one run for the duration of the block; released on return or on an exception.
+
+    Non-blocking: if another process holds it, raises SSKTError at once naming the folder and that process.
+    Further DDP ranks (see :func:`launches_run`) take no lock: their launching process holds it. Where the
+    filesystem cannot lock (some network mounts) the run goes ahead unlocked, with a note.
+
+    Example:
+        >>> with run_lock(Path("runs/x")):  # doctest: +SKIP
+        ...     fit(cfg)
+    """
+    if fcntl is None or not launches_run():
+        yield
+        return
+    check_writable(out_dir)
+    fd = _acquire(out_dir)
+    try:
+        yield
+    finally:
+        if fd is not None:
+            _release(out_dir, fd)
+
+
+def _acquire(out_dir: Path) -> int | None:
+    """The locked descriptor of ``out_dir``'s lock file (its owner file written), or None where the
+    filesystem cannot lock."""
+    path = out_dir / LOCK_FILE
+    # The lock file is never removed: a process that opened it just before a removal would lock a file
+    # no longer in the folder, beside one locked by the next run.
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + _OWNER_GRACE_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError as err:
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):  # some mounts say EACCES
+                os.close(fd)
+                announce(f"cannot lock {out_dir} ({err.strerror or err}); the run goes ahead, but nothing "
+                         f"stops a second run started in the same folder meanwhile")
+                return None
+        owner = _read_owner(out_dir)
+        if (owner is not None and _alive(owner)) or time.monotonic() > deadline:
+            os.close(fd)
+            raise SSKTError(busy_message(out_dir, owner))
+        time.sleep(0.05)
+    try:
+        owner = {"pid": os.getpid(), "host": socket.gethostname(),
+                 "started": datetime.now().astimezone().isoformat(timespec="seconds"), "command": sys.argv}
+        atomic_text_write(json.dumps(owner) + "\n", out_dir / OWNER_FILE)
+    except BaseException:
+        os.close(fd)  # closing the only descriptor unlocks
+        raise
+    _HELD.add(fd)
+    return fd
+
+
+def _release(out_dir: Path, fd: int) -> None:
+    _HELD.discard(fd)
+    try:
+        (out_dir / OWNER_FILE).unlink(missing_ok=True)  # while still locked: never another run's file
+    except OSError:
+        pass  # the folder went away (or went read-only) during the run: nothing to tidy
+    finally:
+        os.close(fd)
+
+
+def _read_owner(out_dir: Path) -> dict | None:
+    try:
+        owner = json.loads((out_dir / OWNER_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return owner if isinstance(owner, dict) and isinstance(owner.get("pid"), int) else None
+
+
+def _alive(owner: dict) -> bool:
+    """False only for a holder recorded on this host whose process no longer exists (a stale owner file)."""
+    if owner.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(owner["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        pass  # it exists, under another user
+    return True
+
+
+def busy_message(out_dir: Path, owner: dict | None) -> str:
+    """The one line for a run folder held by another run (``owner``: its owner file, if readable)."""
+    if owner is None:
+        who = "its process is not recorded"
+    else:
+        who = f"pid {owner['pid']} on host {owner.get('host', 'unknown')}"
+        since = _clock(owner.get("started"))
+        who += f", since {since}" if since else ""
+    return f"{out_dir} is in use by another sskt run ({who}); wait for it to end, or use another out_dir"
+
+
+def _clock(stamp: Any) -> str | None:
+    """``HH:MM`` of an ISO time stamp today, with the date on another day (local time)."""
+    try:
+        when = datetime.fromisoformat(str(stamp)).astimezone()
+    except ValueError:
+        return None
+    return when.strftime("%H:%M" if when.date() == datetime.now().astimezone().date() else "%Y-%m-%d %H:%M")
