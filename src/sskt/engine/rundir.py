@@ -215,16 +215,22 @@ def run_lock(out_dir: Path) -> Iterator[None]:
         >>> with run_lock(Path("runs/x")):  # doctest: +SKIP
         ...     fit(cfg)
     """
-    if fcntl is None or not launches_run():
+    key = str(Path(out_dir).resolve())
+    if fcntl is None or not launches_run() or key in _HELD:  # nested (a stage around fit): already held here
         yield
         return
     check_writable(out_dir)
     fd = _acquire(out_dir)
+    _HELD.add(key)
     try:
         yield
     finally:
+        _HELD.discard(key)
         if fd is not None:
             _release(out_dir, fd)
+
+
+_HELD: set[str] = set()  # run folders this process holds (a lock taken again in the same process is nested)
 
 
 def _acquire(out_dir: Path) -> int | None:

@@ -10,11 +10,19 @@ from sskt.cluster.pipeline import save_centroids
 from sskt.config import ExperimentConfig
 from sskt.data.datasets import load_data
 from sskt.engine.run import RunResult, build_context, fit
+from sskt.engine.rundir import run_lock
 from sskt.methods.base import parse_options
 from sskt.methods.cluster_transfer import ClusterTransferOptions, cluster_for
 
 
 def cluster_transfer(cfg: ExperimentConfig, callbacks: Sequence[Any] = ()) -> RunResult:
+    """Cluster, write ``<out_dir>/centroids.pt`` and train the target on the cluster ids, holding the run
+    folder's lock throughout (see :func:`_cluster_transfer`)."""
+    with run_lock(Path(cfg.out_dir)):
+        return _cluster_transfer(cfg, callbacks)
+
+
+def _cluster_transfer(cfg: ExperimentConfig, callbacks: Sequence[Any] = ()) -> RunResult:
     """Cluster, write ``<out_dir>/centroids.pt`` (for a ``clustered`` SSKT source) and train the target on the
     cluster ids; ``cfg.method`` holds the options (teacher, layer, k, pca_dim, ...) and its name is set to
     ``cluster-transfer``. Prints the clustering's summary and where the centroids went."""
