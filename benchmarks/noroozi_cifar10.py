@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from sskt.engine.history import read_result  # any sskt's result.json, in today's convention
+
 ROOT = Path(os.environ.get("CIFAR_JPEG", "/work/shared/datasets/cifar10-jpeg"))
 OUT = Path(os.environ.get("NOROOZI_OUT", "runs/noroozi"))
 SSKT = str(Path(sys.executable).with_name("sskt"))
@@ -126,12 +128,12 @@ def evaluate_run(label: str, run: Path, results: dict) -> None:
                          "layers": {k: v["top1"] for k, v in r["layers"].items()}}
     ft_dir = run / "finetune"
     if run.name == "sskt-clustered":  # already trained on the labelled subset: its own main head
-        row["finetune"] = json.loads((run / "result.json").read_text())["final"]
+        row["finetune"] = read_result(run / "result.json")["final"]
     else:
         if not (ft_dir / "result.json").is_file():
             sskt("evaluate", "--protocol", "finetune", str(ckpt), *DATA, *FINETUNE, f"out_dir={ft_dir}")
-        row["finetune"] = json.loads((ft_dir / "result.json").read_text())["final"]
-    own = json.loads((run / "result.json").read_text())
+        row["finetune"] = read_result(ft_dir / "result.json")["final"]
+    own = read_result(run / "result.json")
     row["own_task_acc"] = own.get("final")
     if "clusters" in own:
         row["clusters"] = {k: own["clusters"].get(k) for k in ("nmi", "test_nmi", "num_empty", "min_size", "max_size")}

@@ -20,13 +20,15 @@ from pathlib import Path
 
 from scipy.stats import kendalltau
 
+from sskt.engine.history import read_result  # any sskt's result.json, in today's convention
+
 SCORES = ("logme", "leep", "nce")
 
 
 def finals(run_dir: Path) -> dict[int, float]:
     out = {}
     for path in sorted(run_dir.glob("seed*/result.json")):
-        record = json.loads(path.read_text())
+        record = read_result(path)
         out[int(record["seed"])] = float(record["final"])
     return out
 
@@ -97,7 +99,7 @@ def main() -> None:
     weights: dict[str, dict[str, list[float]]] = {}
     for pool in sorted(runs.glob("pool-*")):
         for path in sorted(pool.glob("seed*/result.json")):
-            for name, w in json.loads(path.read_text()).get("final_weight", {}).items():
+            for name, w in read_result(path).get("final_weight", {}).items():
                 weights.setdefault(pool.name, {}).setdefault(name, []).append(float(w))
     singles = {name: finals(runs / f"one-{name}") for name in ranking}
     # The seeds every finished single-source variant and scratch share: gains are compared on the same seeds.
@@ -111,7 +113,7 @@ def main() -> None:
         diffs = [mine[s] - scratch[s] for s in seeds]
         probe = None
         first = sorted((runs / f"one-{name}").glob("seed*/result.json"))[0]
-        adapted = json.loads(first.read_text()).get(f"adapted/{name}")
+        adapted = read_result(first).get(f"adapted/{name}")
         if adapted:
             probe = float(adapted["test_top1"])
         rows.append({"source": name, "seeds": seeds, "final": mean_std([mine[s] for s in seeds]),
@@ -141,7 +143,7 @@ def main() -> None:
     print(text)
     for pool in sorted(runs.glob("pool-*")):
         result = pool / "seed0" / "result.json"
-        if not result.is_file() or "final_weight" not in json.loads(result.read_text()):
+        if not result.is_file() or "final_weight" not in read_result(result):
             continue  # unfinished, or fixed weights: nothing to draw
         chart = plot_weights(pool / "seed0", Path(args.out).with_name(f"source_pool_weights_{pool.name}.png"))
         if chart is not None:

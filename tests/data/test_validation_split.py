@@ -115,7 +115,7 @@ def test_best_is_the_test_score_at_the_best_validation_epoch(tmp_path):
                       train={"epochs": 4, "schedule": "constant", "lr": 0.1})
     result = fit(ExperimentConfig.from_dict(raw))
     hist = result.history
-    assert [h["epoch"] for h in hist] == [0, 1, 2, 3]
+    assert [h["epoch"] for h in hist] == [1, 2, 3, 4]  # counted from 1
     assert all("val_acc" in h and "test_acc" in h for h in hist)
     top = max(range(len(hist)), key=lambda i: (hist[i]["val_acc"], -i))  # earliest of equal scores
     assert result.best == hist[top]["test_acc"]

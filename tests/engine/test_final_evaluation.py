@@ -13,7 +13,7 @@ from testutils import tiny_config
 def test_eval_every_that_does_not_divide_epochs_still_scores_the_last_epoch(tmp_path: Path) -> None:
     cfg = ExperimentConfig.from_dict(tiny_config(tmp_path, train={"epochs": 3, "eval_every": 2}))
     result = fit(cfg)
-    assert [h["epoch"] for h in result.history] == [1, 2]  # epoch 2 (the third) because it is the last
+    assert [h["epoch"] for h in result.history] == [2, 3]  # epoch 3 because it is the last (counted from 1)
     assert result.final == result.history[-1]["test_acc"]
     again = fit(cfg)  # the run is finished: a rerun resumes at its end and reports the same score
     assert again.final == result.final
@@ -22,4 +22,4 @@ def test_eval_every_that_does_not_divide_epochs_still_scores_the_last_epoch(tmp_
 
 def test_eval_every_larger_than_epochs(tmp_path: Path) -> None:
     result = fit(ExperimentConfig.from_dict(tiny_config(tmp_path, train={"epochs": 2, "eval_every": 5})))
-    assert [h["epoch"] for h in result.history] == [1]
+    assert [h["epoch"] for h in result.history] == [2]

@@ -83,7 +83,7 @@ def test_more_epochs_continue_on_purpose_and_say_so(tmp_path, capsys):
     longer = fit(ExperimentConfig.from_dict(raw).with_overrides(["train.epochs=2"]))
     err = capsys.readouterr().err
     assert "continuing the run" in err and "train.epochs (1 -> 2)" in err
-    assert [h["epoch"] for h in longer.history] == [0, 1]
+    assert [h["epoch"] for h in longer.history] == [1, 2]
     assert longer.record["resumed_from"]
 
 

@@ -11,6 +11,7 @@ import yaml
 
 from sskt.cli import main
 from sskt.config import ExperimentConfig
+from sskt.engine.history import reader_history
 from sskt.engine.run import fit
 from sskt.errors import SSKTError
 from sskt.sources import load_network
@@ -54,7 +55,7 @@ def test_cli_sskt_train_evaluate_export(tmp_path, digits_source, capsys):
     assert result["config"]["train"]["lr"] == 0.05 and result["seed"] == 0 and "torch" in result["versions"]
     rows = _metrics(out_dir)
     assert any(r.get("train/aux/digits_epoch") for r in rows) and any(r.get("train/target_epoch") for r in rows)
-    assert [h["epoch"] for h in result["history"]] == [3, 7]
+    assert [h["epoch"] for h in result["history"]] == [4, 8]  # counted from 1
 
     ckpt = out_dir / "checkpoints" / "last.ckpt"
     capsys.readouterr()
@@ -83,14 +84,14 @@ def test_resume_after_interruption_keeps_finished_epochs(tmp_path):
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     assert ckpt.is_file() and not list(ckpt.parent.glob("*.tmp"))
     first_two = torch.load(ckpt, weights_only=False)["sskt"]["history"]
-    assert [h["epoch"] for h in first_two] == [0, 1]
+    assert [h["epoch"] for h in first_two] == [0, 1]  # the engine's own history, in the checkpoint
     result = fit(cfg)
     assert result.record["resumed_from"] == str(ckpt)
-    assert [h["epoch"] for h in result.history] == [0, 1, 2]
-    assert result.history[:2] == first_two  # finished epochs are kept, not redone
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]  # as a reader counts them
+    assert result.history[:2] == reader_history(first_two)  # finished epochs are kept, not redone
 
     uninterrupted = fit(ExperimentConfig.from_dict(tiny_config(tmp_path / "b", train={"epochs": 3, "lr": 0.05})))
-    assert [h["test_acc"] for h in uninterrupted.history[:2]] == [h["test_acc"] for h in first_two]
+    assert [h["test_acc"] for h in uninterrupted.history[:2]] == [h["test_acc"] for h in reader_history(first_two)]
 
 
 def _cli_error(tmp_path, capsys, raw, *extra):
@@ -124,7 +125,7 @@ def test_bad_inputs_give_one_clear_line(tmp_path, capsys):
     state["linear.weight"] = torch.full_like(state["linear.weight"], float("nan"))
     torch.save(state, tmp_path / "nan.pt")
     err = _cli_error(tmp_path, capsys, tiny_config(tmp_path, method=sskt(checkpoint=str(tmp_path / "nan.pt"))))
-    assert "loss became nan at step 0 (epoch 0)" in err and "aux/s=nan" in err
+    assert "loss became nan at step 0 (epoch 1)" in err and "aux/s=nan" in err
 
 
 def test_unknown_method_lists_known():

@@ -6,10 +6,13 @@ Imports of sskt.config, sskt.methods, ... inside functions keep ``sskt --help`` 
 from __future__ import annotations
 
 import argparse
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from sskt.errors import SSKTError
 from sskt.registry import Registry
+
+if TYPE_CHECKING:  # imported for the hint only: sskt.engine loads torch
+    from sskt.engine.run import RunResult
 
 Command = Callable[[argparse.Namespace], int]
 COMMANDS: Registry[tuple[Callable[[argparse.ArgumentParser], None], Command, str]] = Registry("command")
@@ -109,9 +112,12 @@ def load_config(items: Sequence[str], base: dict | None = None, recipe: str | No
     return ExperimentConfig.from_dict(apply_overrides(raw, items))
 
 
-def print_run_result(result) -> None:
-    """One line: the run's final test metric (and at the best validation score), and where result.json is."""
+def print_run_result(result: "RunResult") -> None:
+    """One line: the run's final test metric (and at the best validation score, with its epoch counted from 1),
+    and where result.json is."""
     name = "mAP" if result.metric == "map" else "top-1"
-    best = "" if result.best is None else f"  at best val: {result.best:.2f}%"
+    epoch = result.record.get("best_epoch")
+    at = f" (epoch {epoch})" if epoch is not None else ""
+    best = "" if result.best is None else f"  at best val{at}: {result.best:.2f}%"
     print(f"test {name}: final {result.final:.2f}%{best}  ({len(result.history)} evaluations) -> "
           f"{result.out_dir}/result.json")

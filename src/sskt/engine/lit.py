@@ -26,7 +26,10 @@ class MethodModule(L.LightningModule):
     or mAP), per-loss logging, the NaN guard, and the per-epoch history.
 
     Each evaluation scores the validation split (``val/...``, when the data has one: every selection
-    is made on it) and the test split (``test/...``, reported, never selected on).
+    is made on it) and the test split (``test/...``, reported, never selected on), and logs ``hp_metric``:
+    the validation score (the test score without a validation split). Accuracies are in percent
+    (``train/acc`` too). ``history`` counts epochs from 0 at full precision (checkpoints resume from it);
+    :func:`sskt.engine.history.reader_history` gives it as ``result.json`` shows it.
     Multi-label tasks report the standard per-class mAP (``test/map``: one AP per class over the whole
     test set, entries in the batch's ``ignore`` mask left out, then the mean), each class's AP
     (``test/ap/<class>``) and the SSKT code's per-image AP as ``test/legacy_samplewise_ap`` (not mAP).
@@ -125,7 +128,7 @@ class MethodModule(L.LightningModule):
             else:  # the labelled images only
                 logits, labelled = labeled_rows(out.logits, batch)
                 labels = labelled["target"]
-            acc = (logits.detach().argmax(1) == labels).float().mean()
+            acc = (logits.detach().argmax(1) == labels).float().mean() * 100.0  # percent, as val/acc and test/acc
             self.log("train/acc", acc, on_step=False, on_epoch=True, batch_size=labels.shape[0])
         return loss
 
@@ -143,8 +146,8 @@ class MethodModule(L.LightningModule):
         if not torch.isfinite(loss):
             named = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in parts.items())
             raise SSKTError(
-                f"loss became {float(loss.detach())} at step {self.global_step} (epoch {self.current_epoch}): {named}; "
-                f"lower train.lr, or check the inputs and sources for NaN"
+                f"loss became {float(loss.detach())} at step {self.global_step} (epoch {self.current_epoch + 1}): "
+                f"{named}; lower train.lr, or check the inputs and sources for NaN"
             )
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -190,6 +193,9 @@ class MethodModule(L.LightningModule):
             self.log(f"{split}/{self.metric_name}", value, sync_dist=not self.multilabel)
             entry[f"{split}_{self.metric_name}"] = value
         if not self.trainer.sanity_checking:
+            # The hyper-parameter metric (TensorBoard's HPARAMS tab): the score selections are made on.
+            selected = "val" if "val" in self.eval_splits else "test"
+            self.log("hp_metric", entry[f"{selected}_{self.metric_name}"], sync_dist=not self.multilabel)
             entry["train_seconds"] = round(self.train_seconds, 2)
             if self._loss_count:
                 entry["train_loss"] = self._loss_sum / self._loss_count

@@ -7,8 +7,7 @@ from typing import Any, Sequence
 
 from torch import nn
 
-from sskt.engine.history import best_by_validation
-
+from sskt.engine.history import best_by_validation, reader_record
 
 
 def _param_count(net: nn.Module) -> int:
@@ -56,21 +55,21 @@ def _method_lines(config: dict) -> list[str]:
 
 
 def _accuracy_lines(ckpt: dict, config: dict, metric: str) -> list[str]:
-    history = list((ckpt.get("sskt") or {}).get("history") or [])
+    # The checkpoint holds the engine's history (epochs from 0): shown as result.json shows it.
+    engine_history = list((ckpt.get("sskt") or {}).get("history") or [])
+    shown = reader_record({"history": engine_history, **best_by_validation(engine_history, metric)})
     key = f"test_{metric}"
-    scored = [h for h in history if key in h]
+    scored = [h for h in shown["history"] if key in h]
     name = "mAP" if metric == "map" else "top-1 accuracy"
     if not scored:
         return [f"- Test {name}: not evaluated yet"]
     last = scored[-1]
     epochs = (config.get("train") or {}).get("epochs")
-    done = int(last.get("epoch", 0)) + 1
     of = f" of {epochs}" if epochs else ""
-    lines = [f"- Test {name} (final, after epoch {done}{of}): {last[key]:.2f}%"]
-    best = best_by_validation(history, metric)
-    if best["best"] is not None:
-        lines.append(f"- Test {name} at the best validation score (epoch {int(best['best_epoch']) + 1}, "
-                     f"validation {best['best_val']:.2f}%): {best['best']:.2f}%")
+    lines = [f"- Test {name} (final, after epoch {last.get('epoch', 1)}{of}): {last[key]:.2f}%"]
+    if shown["best"] is not None:
+        lines.append(f"- Test {name} at the best validation score (epoch {shown['best_epoch']}, "
+                     f"validation {shown['best_val']:.2f}%): {shown['best']:.2f}%")
     else:
         lines.append("- Best at validation: none (the run had no validation split)")
     return lines

@@ -23,7 +23,7 @@ from sskt.data.datasets import load_data
 from sskt.data.sampling import MixedBatchSampler, epochs_per_unlabeled_pass, needs_balancing
 from sskt.data.tensor_dataset import ImageSplits, ImageTensorDataset, collate_batch
 from sskt.engine.export import export as export_target
-from sskt.engine.history import best_by_validation
+from sskt.engine.history import best_by_validation, reader_record
 from sskt.engine.lit import MethodModule
 from sskt.engine.loggers import build_loggers
 from sskt.engine.rundir import announce, prepare_run_dir, run_lock
@@ -89,7 +89,8 @@ def non_finite_tensors(module: torch.nn.Module) -> list[str]:
 
 @dataclass
 class RunResult:
-    """What a finished run reports (also written to ``out_dir/result.json``)."""
+    """What a finished run reports (also written to ``out_dir/result.json``), in the reader's convention
+    (:mod:`sskt.engine.history`): percent, epochs from 1, rounded."""
 
     out_dir: Path
     metric: str
@@ -249,6 +250,7 @@ def _fit_locked(cfg: ExperimentConfig, callbacks: Sequence[L.Callback]) -> RunRe
     history = module.history
     if not history:
         raise SSKTError(f"the run in {out_dir} has no evaluation; start it over with train.resume=false")
+    # Built in the engine's convention (best picked at full precision), then written in the reader's.
     record = {
         "name": cfg.name, "seed": cfg.seed, "config": cfg.to_dict(), "versions": _versions(),
         "metric": module.metric_name, "final": history[-1][key], **best_by_validation(history, module.metric_name),
@@ -261,11 +263,12 @@ def _fit_locked(cfg: ExperimentConfig, callbacks: Sequence[L.Callback]) -> RunRe
         "unlabeled_images": len(splits.unlabeled) if splits.unlabeled is not None else 0,
         **method.extra_results(),
     }
+    record = reader_record(record)
     if trainer.is_global_zero:
         atomic_json_dump(record, out_dir / "result.json")
         method.target.save(out_dir / "target.pt", classes=splits.classes, input_size=int(ctx.input_shape[-1]),
                            input_shape=list(ctx.input_shape), multilabel=bool(splits.multilabel))
-    return RunResult(out_dir, module.metric_name, record["final"], record["best"], history, record)
+    return RunResult(out_dir, module.metric_name, record["final"], record["best"], record["history"], record)
 
 
 def with_split_file(data: DataConfig, out_dir: Path, only_existing: bool = False) -> DataConfig:

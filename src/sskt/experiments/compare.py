@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import json
 import math
 import statistics
 import time
@@ -36,6 +35,7 @@ import yaml
 from annotated_types import Ge
 
 from sskt.config import ExperimentConfig, apply_overrides
+from sskt.engine.history import read_result
 from sskt.engine.run import fit
 from sskt.engine.rundir import COSMETIC, config_changes, normalised
 from sskt.errors import SSKTError
@@ -43,7 +43,7 @@ from sskt.methods.base import check_method
 from sskt.validation import Parsed, validate
 
 # Keys of result.json written by the engine itself; anything else came from method.extra_results().
-_ENGINE_KEYS = {"name", "seed", "config", "versions", "metric", "final", "best", "history", "train_seconds",
+_ENGINE_KEYS = {"format", "name", "seed", "config", "versions", "metric", "final", "best", "history", "train_seconds",
                 "wall_seconds_this_invocation", "resumed_from", "train_images", "test_images", "machine",
                 "best_epoch", "best_val", "val_images", "unlabeled_images", "wall_seconds"}
 
@@ -126,10 +126,11 @@ def _merge(base: dict, extra: dict) -> dict:
 
 
 def run_one(cfg: ExperimentConfig) -> tuple[dict, bool]:
-    """(result record, reused?) of one run: its result.json if finished with this config, else fit."""
+    """(result record, reused?) of one run: its result.json if finished with this config, else fit. Either way
+    in the reader's convention (:func:`sskt.engine.history.read_result`: a record of an older sskt is converted)."""
     result_file = Path(cfg.out_dir) / "result.json"
     if result_file.is_file():
-        record = json.loads(result_file.read_text())
+        record = read_result(result_file)
         changes = config_changes(normalised(record.get("config", {})), cfg.to_dict())
         diffs = [key for key in changes if key not in COSMETIC]
         if diffs:
@@ -167,6 +168,8 @@ class Summary:
 
 
 def summarise(cfg: CompareConfig, records: dict[tuple[str, int], dict]) -> Summary:
+    """The rows of ``records`` (result records by (variant, seed), of this sskt or an older one)."""
+    records = {k: read_result(r) for k, r in records.items()}  # one convention: epochs from 1, rounded
     rows, runs, metric = [], [], "acc"
     for v in cfg.variants:
         recs = [(s, records[(v.name, s)]) for s in cfg.seeds if (v.name, s) in records]
@@ -286,7 +289,7 @@ def write_charts(summary: Summary, out_dir: Path, title: str) -> tuple[Path, Pat
             m, s = _mean_std(vals)
             means.append(m)
             stds.append(s)
-        xs = [e + 1 for e in epochs]
+        xs = epochs  # records count epochs from 1 (read_result), as the axis does
         line, = ax.plot(xs, means, marker="o", ms=3, label=r["variant"])
         ax.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
                         color=line.get_color(), alpha=0.15)

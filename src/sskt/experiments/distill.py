@@ -118,15 +118,17 @@ def apply_stage_overrides(stages: dict[str, ExperimentConfig], overrides: Sequen
 
 
 def _finished(cfg: ExperimentConfig) -> dict | None:
-    """The result of a stage already finished with the same settings (reused), else None."""
+    """The result of a stage already finished with the same settings (reused), else None; a stage an older
+    sskt finished is read in today's convention (:func:`sskt.engine.history.read_result`)."""
+    from sskt.engine.history import read_result
     from sskt.engine.rundir import COSMETIC, config_changes, normalised
 
     path = Path(cfg.out_dir) / "result.json"
     if not path.is_file():
         return None
     try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
+        record = read_result(path)
+    except SSKTError:  # unreadable: the stage runs again (and resumes from its checkpoint)
         return None
     changes = config_changes(normalised(record.get("config") or {}), cfg.to_dict())
     return record if not [k for k in changes if k not in COSMETIC] else None
