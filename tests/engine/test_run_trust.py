@@ -96,7 +96,7 @@ def test_resume_false_starts_over_with_another_config(tmp_path, capsys):
 
 
 class _DivergeAtEpochEnd(L.Callback):
-    """Weights turn to inf in the last step of epoch 1 (the loss of that step was still finite)."""
+    """Weights turn to inf in the last step of the second epoch (the loss of that step was still finite)."""
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         if trainer.current_epoch == 1 and batch_idx == trainer.num_training_batches - 1:
@@ -106,7 +106,7 @@ class _DivergeAtEpochEnd(L.Callback):
 
 def test_a_diverged_model_is_never_checkpointed_and_a_lower_lr_never_meets_it(tmp_path, capsys):
     cfg = ExperimentConfig.from_dict(tiny_config(tmp_path, train={"epochs": 3}))
-    with pytest.raises(SSKTError, match="non-finite in epoch 1.*last good epoch"):
+    with pytest.raises(SSKTError, match="non-finite in epoch 2.*last good epoch"):
         fit(cfg, callbacks=[_DivergeAtEpochEnd()])
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert [h["epoch"] for h in ckpt["sskt"]["history"]] == [0]

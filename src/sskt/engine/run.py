@@ -62,7 +62,7 @@ class SaveLast(L.Callback):
             bad = non_finite_tensors(module)
             if bad:  # never checkpoint a diverged model: the previous good checkpoint stays
                 raise SSKTError(
-                    f"the weights became non-finite in epoch {trainer.current_epoch} ({', '.join(bad[:3])}); "
+                    f"the weights became non-finite in epoch {trainer.current_epoch + 1} ({', '.join(bad[:3])}); "
                     f"{self.path} still holds the last good epoch. Lower train.lr and start over "
                     f"(train.resume=false, or a new out_dir)")
             # weights_only=False: resuming needs the optimiser and loop state. Collective under DDP; rank 0 writes.
