@@ -50,6 +50,8 @@ class DataConfig:
     for validation; exact copies of a file stay on one side. ``split_file``: a CSV ``path,label,split``
     the split is written to (if absent) or read from (if present), so a rerun sees the same split.
     Without ``image_size``, images of mixed sizes are decoded at a size chosen from them (one notice line).
+
+    ``allow_test_overlap`` lets training images equal test images by content (else an error; docs/data.md).
     """
 
     dataset: str = "cifar10"
@@ -77,6 +79,7 @@ class DataConfig:
     # Labelled batches drawn class-balanced: "auto" when the largest class has more than 3x the images of the
     # smallest (single-label data), true / false to choose.
     balanced: bool | str = "auto"
+    allow_test_overlap: bool = False  # train on images that are also test images (by content), recorded
 
     def __post_init__(self) -> None:
         if isinstance(self.balanced, str) and self.balanced != "auto":

@@ -22,6 +22,7 @@ from sskt.config import DataConfig
 from sskt.data.folder import decode_size, imbalance_notice, labelled_files, list_images, notice
 from sskt.data.images import IMAGE_SUFFIXES, decode_images
 from sskt.data.images import cache_dir as _cache_dir  # noqa: F401  (sskt.data.extra_datasets uses it)
+from sskt.data.overlap import check_test_overlap
 from sskt.data.tensor_dataset import ImageSplits, ImageTensorDataset
 from sskt.errors import SSKTError
 from sskt.registry import Registry
@@ -166,6 +167,8 @@ def _finish(cfg: DataConfig, train_x: Tensor, train_y: Tensor, test_x: Tensor, t
     tr = part.labeled
     splits = ImageSplits(ImageTensorDataset(_shape(train_x[tr], cfg), train_y[tr].long()),
                          ImageTensorDataset(_shape(test_x[te], cfg), test_y[te].long()), classes, meta=dict(meta))
+    # Each stream's indices into its split: how a message names an image (sskt.data.overlap).
+    splits.meta["rows"] = {"train": tr, "test": te, "val": part.val, "unlabeled": part.unlabeled}
     if part.val is not None:
         splits.val = ImageTensorDataset(_shape(train_x[part.val], cfg), train_y[part.val].long())
     if part.unlabeled is not None:
@@ -341,8 +344,12 @@ def imagefolder(cfg: DataConfig) -> ImageSplits:
 
     keep = per_class_indices(test_labels, cfg.test_per_class, cfg.subset_seed, classes, cfg.test_split,
                              "test_per_class")
-    splits = ImageSplits(chosen(part.labeled), decoded([test_files[i] for i in keep.tolist()], test_labels[keep]),
-                         classes, meta={"image_size": size})
+    # Each stream's files, in order: how a message names an image (sskt.data.overlap).
+    picked = {k: None if v is None else [files[i] for i in v.tolist()] for k, v in vars(part).items()}
+    named = {"train": picked["labeled"], "test": [test_files[i] for i in keep.tolist()],
+             "val": val_files or picked["val"], "unlabeled": picked["unlabeled"]}
+    splits = ImageSplits(chosen(part.labeled), decoded(named["test"], test_labels[keep]), classes,
+                         meta={"image_size": size, "files": named})
     if val_files:
         splits.val = decoded(val_files, val_labels)
     elif part.val is not None:
@@ -374,15 +381,21 @@ def load_data(cfg: DataConfig, min_train_images: int = 0) -> ImageSplits:
         raise SSKTError(f"data.val_fraction applies to image folders and CSV files (dataset: imagefolder); for "
                         f"{cfg.dataset!r} use data.val_per_class")
     if cfg.unlabeled is not None and cfg.unlabeled != "rest":
-        splits.unlabeled = unlabeled_folder(cfg, tuple(splits.train.images.shape[1:]))
+        splits.unlabeled, files = _unlabeled_folder(cfg, tuple(splits.train.images.shape[1:]))
+        splits.meta.setdefault("files", {})["unlabeled"] = files
     elif cfg.unlabeled == "rest" and splits.unlabeled is None:
         raise SSKTError(f"dataset {cfg.dataset!r} does not support data.unlabeled=rest; give a folder of images")
+    check_test_overlap(splits, cfg)  # here every stream is known, whichever dataset built them
     return splits
 
 
 def unlabeled_folder(cfg: DataConfig, shape: tuple[int, ...]) -> Tensor:
     """Every image under the folder ``cfg.unlabeled`` (at any depth, hidden files skipped; any size,
     decoded at ``shape``'s square size by the decoding policy), or a seeded ``cfg.unlabeled_count``."""
+    return _unlabeled_folder(cfg, shape)[0]
+
+
+def _unlabeled_folder(cfg: DataConfig, shape: tuple[int, ...]) -> tuple[Tensor, list[Path]]:
     root = Path(str(cfg.unlabeled)).expanduser()
     if not root.is_dir():
         raise SSKTError(f"data.unlabeled: {root} is not a folder; give 'rest' or a folder of images")
@@ -400,4 +413,4 @@ def unlabeled_folder(cfg: DataConfig, shape: tuple[int, ...]) -> Tensor:
     images = decode_images(files, shape[-1])
     if shape[0] == 1:
         images = images[:, :1]  # grey training images: keep one channel (the first of the decoded RGB)
-    return images
+    return images, files
