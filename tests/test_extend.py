@@ -71,10 +71,11 @@ def test_registering_a_model_name_again_replaces_it_with_a_warning():
 
 
 def test_registering_a_dataset_name_again_replaces_it_with_a_warning():
-    images = torch.zeros(6, 1, 4, 4, dtype=torch.uint8)
-    sskt.register_dataset("cell", {"train": (images, torch.arange(6) % 2), "test": (images, torch.arange(6) % 2)})
+    images = torch.arange(6, dtype=torch.uint8).view(6, 1, 1, 1).expand(6, 1, 4, 4).contiguous()
+    tests = images + 10  # no test image in training
+    sskt.register_dataset("cell", {"train": (images, torch.arange(6) % 2), "test": (tests, torch.arange(6) % 2)})
     with pytest.warns(UserWarning, match="dataset 'cell' was registered before; replacing it"):
-        sskt.register_dataset("cell", {"train": (images, torch.arange(6) % 3), "test": (images, torch.arange(6) % 3)})
+        sskt.register_dataset("cell", {"train": (images, torch.arange(6) % 3), "test": (tests, torch.arange(6) % 3)})
     assert load_data(DataConfig(dataset="cell")).classes == ["0", "1", "2"]
 
 
@@ -163,20 +164,21 @@ class ColourSquares(torch.utils.data.Dataset):
 
     classes = ["red", "green", "blue"]
 
-    def __init__(self, n: int) -> None:
-        self.n = n
+    def __init__(self, n: int, shade: int = 0) -> None:
+        self.n, self.shade = n, shade  # every image its own pixels; another shade for the test split
 
     def __len__(self) -> int:
         return self.n
 
     def __getitem__(self, i: int) -> tuple[Image.Image, int]:
         size = [(24, 16), (10, 10), (40, 30)][i % 3]
-        colour = [(255, 0, 0), (0, 255, 0), (0, 0, 255)][i % 3]
+        base = [(255, 0, 0), (0, 255, 0), (0, 0, 255)][i % 3]
+        colour = tuple(v - i // 3 if v else self.shade for v in base)
         return Image.new("RGB", size, colour), i % 3
 
 
 def test_a_torch_dataset_of_pil_images_of_mixed_sizes_is_a_dataset_by_name():
-    sskt.register_dataset("squares", {"train": ColourSquares(30), "test": ColourSquares(9)}, image_size=12)
+    sskt.register_dataset("squares", {"train": ColourSquares(30), "test": ColourSquares(9, shade=1)}, image_size=12)
     splits = load_data(DataConfig(dataset="squares"))
     assert tuple(splits.train.images.shape) == (30, 3, 12, 12) and tuple(splits.test.images.shape) == (9, 3, 12, 12)
     assert splits.classes == ["red", "green", "blue"]
@@ -194,7 +196,12 @@ def test_a_list_of_image_files_and_labels_is_decoded_by_the_folder_policy(tmp_pa
         grey = Image.new("L", (30, 20), 40 if i % 2 else 220)  # grey files, wider than tall
         grey.save(path)
         pairs.append((str(path), "dark" if i % 2 else "light"))
-    sskt.register_dataset("files", {"train": pairs, "test": pairs[:4]}, image_size=10)
+    tests = []
+    for i in range(4):
+        path = tmp_path / f"test{i}.png"
+        Image.new("L", (30, 20), 41 if i % 2 else 221).save(path)  # no test image in training
+        tests.append((str(path), "dark" if i % 2 else "light"))
+    sskt.register_dataset("files", {"train": pairs, "test": tests}, image_size=10)
     splits = load_data(DataConfig(dataset="files", per_class=3))
     assert splits.classes == ["dark", "light"] and tuple(splits.train.images.shape) == (6, 3, 10, 10)
     dark = splits.train.images[splits.train.targets == 0]

@@ -154,11 +154,11 @@ def test_torch_save_on_a_full_disk(tmp_path, monkeypatch):
     assert torch.load(path, weights_only=True) == {"epoch": 1} and _leftovers(tmp_path) == []
 
 
-def _pngs(folder: Path, n: int = 3) -> list[Path]:
+def _pngs(folder: Path, n: int = 3, shade: int = 0) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{i}.png" for i in range(n)]
     for i, p in enumerate(paths):
-        Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(p)
+        Image.new("RGB", (8, 8), (40 * i, shade, 0)).save(p)
     return paths
 
 
@@ -329,8 +329,8 @@ def test_real_full_disk_decoded_image_cache_warns_and_trains(tmp_path, small_fs,
     _fill(fs)
     monkeypatch.setenv("SSKT_CACHE_DIR", str(fs / "cache"))
     for split in ("train", "test"):
-        for c in ("cat", "dog"):
-            _pngs(tmp_path / "images" / split / c, 4)
+        for k, c in enumerate(("cat", "dog")):
+            _pngs(tmp_path / "images" / split / c, 4, shade=2 * k + (split == "test"))  # no test image in training
     raw = tiny_config(tmp_path, data={"dataset": "imagefolder", "root": str(tmp_path / "images"), "per_class": 4},
                       train={"batch_size": 4})
     assert main(["train", _config(tmp_path, raw)]) == 0

@@ -50,7 +50,8 @@ def _write_folder(root, n=3, size=8):
             d = root / split / c
             d.mkdir(parents=True)
             for i in range(n):
-                Image.new("RGB", (size, size), colour).save(d / f"{i}.png")
+                shade = (colour[0], colour[1] + (split == "test"), colour[2])  # no test image in training
+                Image.new("RGB", (size, size), shade).save(d / f"{i}.png")
 
 
 def test_imagefolder_decodes_labels_and_subset(tmp_path):
@@ -75,8 +76,9 @@ def test_corrupt_image_is_named(tmp_path):
 def test_idx_reader_and_grey_to_rgb(tmp_path):
     imgs = np.arange(2 * 4 * 4, dtype=np.uint8).reshape(2, 4, 4)
     for prefix in ("train", "t10k"):
+        pixels = imgs if prefix == "train" else 255 - imgs  # test images differ from the training ones
         with gzip.open(tmp_path / f"{prefix}-images-idx3-ubyte.gz", "wb") as fh:
-            fh.write(bytes([0, 0, 8, 3]) + (2).to_bytes(4, "big") + (4).to_bytes(4, "big") * 2 + imgs.tobytes())
+            fh.write(bytes([0, 0, 8, 3]) + (2).to_bytes(4, "big") + (4).to_bytes(4, "big") * 2 + pixels.tobytes())
         with gzip.open(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", "wb") as fh:
             fh.write(bytes([0, 0, 8, 1]) + (2).to_bytes(4, "big") + bytes([3, 7]))
     assert torch.equal(read_idx(tmp_path / "train-images-idx3-ubyte.gz"), torch.from_numpy(imgs))

@@ -47,8 +47,8 @@ def test_voc2007_rejects_per_class(tmp_path: Path) -> None:
 
 def test_multilabel_csv_dataset(tmp_path: Path) -> None:
     (tmp_path / "img").mkdir()
-    for name in ("a.png", "b.png", "c.png"):
-        Image.new("RGB", (10, 10), (10, 20, 30)).save(tmp_path / "img" / name)
+    for name, colour in (("a.png", (10, 20, 30)), ("b.png", (10, 20, 30)), ("c.png", (200, 20, 30))):
+        Image.new("RGB", (10, 10), colour).save(tmp_path / "img" / name)  # the test image is not a training one
     (tmp_path / "train.csv").write_text("image,labels\na.png,cat dog\nb.png,dog\n")
     (tmp_path / "test.csv").write_text("image,labels\nc.png,cat\n")
     opts = {"train": {"csv": "train.csv", "image_dir": "img"}, "test": {"csv": "test.csv", "image_dir": "img"}}

@@ -74,7 +74,8 @@ def register_dataset(name: str, data: Mapping[str, SplitData] | Callable[[DataCo
     Example:
         >>> import torch
         >>> images, labels = torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8), torch.arange(40) % 4
-        >>> register_dataset("toy", {"train": (images, labels), "test": (images[:8], labels[:8])})
+        >>> tests = torch.randint(0, 256, (8, 3, 8, 8), dtype=torch.uint8)  # other images than the training ones
+        >>> register_dataset("toy", {"train": (images, labels), "test": (tests, labels[:8])})
         >>> from sskt.data.datasets import load_data
         >>> splits = load_data(DataConfig(dataset="toy", per_class=2))
         >>> len(splits.train), splits.classes
