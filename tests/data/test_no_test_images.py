@@ -155,3 +155,12 @@ def test_checking_cifar10_sized_streams_takes_a_fraction_of_a_second():
     start = time.perf_counter()
     assert shared_rows(x[:50_000], x[50_000:]) == []
     assert time.perf_counter() - start < 5.0  # about 0.3 s on one busy core
+
+
+def test_a_run_records_that_its_test_split_was_checked(tmp_path):
+    from sskt.config import ExperimentConfig
+    from sskt.engine.run import fit
+    from testutils import tiny_config
+
+    record = fit(ExperimentConfig.from_dict(tiny_config(tmp_path))).record
+    assert record["test_overlap"] == {}  # checked, and no test image was in training

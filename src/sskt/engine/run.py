@@ -261,6 +261,8 @@ def _fit_locked(cfg: ExperimentConfig, callbacks: Sequence[L.Callback]) -> RunRe
         "train_images": len(splits.train), "test_images": len(splits.test), "machine": platform.machine(),
         "val_images": len(splits.val) if splits.val is not None else 0,
         "unlabeled_images": len(splits.unlabeled) if splits.unlabeled is not None else 0,
+        # Test images found in training streams ({} when checked and clean; counts only under allow_test_overlap).
+        "test_overlap": splits.meta.get("test_overlap"),
         **method.extra_results(),
     }
     record = reader_record(record)
