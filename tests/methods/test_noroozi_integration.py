@@ -129,6 +129,10 @@ def test_cli_pretext_then_evaluate_knn(tmp_path: Path, capsys: pytest.CaptureFix
     out = json.loads(capsys.readouterr().out)
     assert out["protocol"] == "knn" and set(out["layers"]) == {"layer1", "layer2", "layer3"}
     assert all(0 <= v["top1"] <= 100 for v in out["layers"].values()) and out["train_images"] == 100
+    # The main protocol would score the rotation head against the digit labels: refused, with what works.
+    assert main(["evaluate", str(run / "checkpoints" / "last.ckpt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "rotation's own task" in err[0] and "--protocol linear" in err[0]
 
 
 def test_cluster_nmi_leaves_out_unlabelled_rows() -> None:

@@ -315,6 +315,12 @@ def load_trained(checkpoint: str | os.PathLike, overrides: Sequence[str] = ()) -
 def evaluate(checkpoint: str | os.PathLike, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Score a training checkpoint's main head on its config's test split (overridable)."""
     cfg, method = load_trained(checkpoint, overrides)
+    if not method.uses_labels:  # a pretext task's or cluster ids' head: scoring it on the classes means nothing
+        name = cfg.method.get("name")
+        raise SSKTError(f"{checkpoint} was trained on {name}'s own task, not on the dataset's classes (its score "
+                        f"on that task is `final` in its result.json); probe what it learnt with `sskt evaluate "
+                        f"{checkpoint} --protocol linear` (or knn, finetune), or start a target from it with "
+                        f"target.checkpoint={Path(checkpoint).resolve().parent.parent / 'target.pt'}")
     splits = load_data(cfg.data)
     value = evaluate_model(method, splits.test, splits.multilabel, cfg.train.eval_batch_size)
     return {"checkpoint": str(checkpoint), "metric": "map" if splits.multilabel else "acc", "value": value,
