@@ -228,6 +228,7 @@ def test_no_download_without_the_flag(offline, monkeypatch):
         torch.save(ref.state_dict(), dst)
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
+    monkeypatch.setattr("sskt.models.hub.unreachable", lambda url: None)  # as if online
     monkeypatch.setenv("SSKT_ALLOW_DOWNLOAD", "1")
     src = build_source({"name": "s", "arch": "torchvision:mobilenet_v3_small", "pretrained": True})
     assert calls == [("https://download.pytorch.org/models/mobilenet_v3_small-047dcff4.pth", "047dcff4")]
