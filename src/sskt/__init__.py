@@ -31,3 +31,8 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'sskt' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The public API (loaded on first use, so not yet in the module's namespace) and what is loaded already."""
+    return sorted({*__all__, *globals()})

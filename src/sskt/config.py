@@ -88,7 +88,11 @@ class DataConfig:
 
 @dataclass
 class TargetConfig:
-    """The target network: an architecture name, optionally initial weights and stage names."""
+    """The target network: an architecture name, optionally initial weights and stage names.
+
+    ``model_kwargs``: more arguments for the architecture, passed on as ``timm.create_model`` takes them
+    (``{drop_rate: 0.3, drop_path_rate: 0.1}``); only architectures timm builds take them.
+    """
 
     arch: str = "cifar_resnet20"
     checkpoint: str | None = None  # initial weights (fine-tuning); the classifier is replaced if it differs
@@ -97,6 +101,7 @@ class TargetConfig:
     stages: list[str] | None = None  # modules tapped by transfer heads; default: the architecture's stages
     mean: list[float] | None = None
     std: list[float] | None = None
+    model_kwargs: dict | None = None  # timm.create_model's keyword arguments (drop_rate, drop_path_rate, ...)
 
 
 @dataclass

@@ -46,6 +46,7 @@ def config_help(width: int = 100) -> str:
     from sskt.data import DATASETS
     from sskt.methods import METHODS
     from sskt.models import MODELS
+    from sskt.sources.source import SourceConfig
 
     def show(value: object) -> str:
         if isinstance(value, (list, tuple)):
@@ -54,10 +55,14 @@ def config_help(width: int = 100) -> str:
             return {None: "null", True: "true", False: "false", "": "''"}[value]  # type: ignore[index]
         return str(value)
 
+    def default(f: dataclasses.Field) -> str:
+        if f.default is not dataclasses.MISSING:
+            return show(f.default)
+        return "(required)" if f.default_factory is dataclasses.MISSING else show(f.default_factory())
+
     def keys(cls: type, only: tuple[str, ...] = ()) -> str:
         fields = [f for f in dataclasses.fields(cls) if not only or f.name in only]
-        return " ".join(f"{f.name}={show(f.default if f.default is not dataclasses.MISSING else f.default_factory())}"
-                        for f in fields) or "(no options)"
+        return " ".join(f"{f.name}={default(f)}" for f in fields) or "(no options)"
 
     def block(title: str, text: str, indent: int = 10) -> str:
         return textwrap.fill(text, width, initial_indent=f"  {title:<{indent - 2}}", subsequent_indent=" " * indent,
@@ -71,6 +76,8 @@ def config_help(width: int = 100) -> str:
     for name in METHODS.names():
         options = METHODS.get(name).options_class
         lines.append(block(name, keys(options) if options else "(see its docs)", indent=20))
+    lines += ["", "a source (each entry of method.sources; a KD teacher, whose name defaults to teacher):",
+              block("", keys(SourceConfig))]
     lines += ["", block("datasets:", ", ".join(DATASETS.names()), indent=16),
               block("archs:", ", ".join(MODELS.names()) + ", timm:<name>, hf-hub:<org>/<name>, torchvision:<name>",
                     indent=16),

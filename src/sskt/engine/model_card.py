@@ -1,10 +1,17 @@
 """The model card written beside every exported model: architecture, classes, input statistics, how to
-load the file, the method and sources that trained it, and its test accuracy (from the checkpoint)."""
+load the file, the method and sources that trained it, and its test accuracy (from the checkpoint).
+
+It opens with the YAML front matter the Hugging Face Hub reads (library, tags, task, dataset, the test
+score as a ``model-index`` entry), so the export's folder can be pushed to the Hub as it is. It is written
+with ``huggingface_hub.ModelCardData`` (installed with timm) where that imports, else by hand in the
+same format; neither touches the network.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Sequence
 
+import yaml
 from torch import nn
 
 from sskt.engine.history import best_by_validation, reader_record
@@ -54,10 +61,14 @@ def _method_lines(config: dict) -> list[str]:
     return lines
 
 
-def _accuracy_lines(ckpt: dict, config: dict, metric: str) -> list[str]:
-    # The checkpoint holds the engine's history (epochs from 0): shown as result.json shows it.
+def _shown(ckpt: dict, metric: str) -> dict:
+    """The run's record as result.json shows it (the checkpoint holds the engine's, epochs from 0)."""
     engine_history = list((ckpt.get("sskt") or {}).get("history") or [])
-    shown = reader_record({"history": engine_history, **best_by_validation(engine_history, metric)})
+    return reader_record({"history": engine_history, **best_by_validation(engine_history, metric)})
+
+
+def _accuracy_lines(ckpt: dict, config: dict, metric: str) -> list[str]:
+    shown = _shown(ckpt, metric)
     key = f"test_{metric}"
     scored = [h for h in shown["history"] if key in h]
     name = "mAP" if metric == "map" else "top-1 accuracy"
@@ -79,8 +90,68 @@ def _fmt_stats(values: Sequence[float]) -> str:
     return "[" + ", ".join(f"{v:.4f}" for v in values) + "]"
 
 
+def _dataset(config: dict) -> str | None:
+    """The training data's name: the dataset's, or for a folder or CSV file of images, that one's."""
+    data = config.get("data") or {}
+    name = data.get("dataset")
+    if name in ("imagefolder", "multilabel-csv") and data.get("root"):
+        root = Path(str(data["root"]))
+        return root.stem if root.suffix.lower() == ".csv" else root.name
+    return str(name) if name else None
+
+
+def front_matter(ckpt: dict, meta: dict, filename: str) -> dict[str, Any]:
+    """The Hub's card metadata of an export: library_name, tags, pipeline_tag, datasets, metrics and a
+    ``model-index`` entry with the final test score (as result.json's ``final``; none before any test)."""
+    config = ckpt.get("sskt_config") or {}
+    method = dict(config.get("method") or {})
+    task = "video-classification" if len(meta["input_shape"]) == 4 else "image-classification"
+    multilabel = bool(meta.get("multilabel"))
+    metric = "map" if multilabel else "acc"
+    metric_type = "mAP" if multilabel else "accuracy"
+    # Knowledge distillation only where something taught the target (sources, a teacher, peers).
+    taught = any(method.get(k) for k in ("sources", "teacher", "peers"))
+    tags = [task, *(["knowledge-distillation"] if taught else []), "sskt"]
+    name = method.get("name")
+    if name and name not in tags:
+        tags.append(str(name))
+    if multilabel:
+        tags.append("multi-label-classification")
+    dataset = _dataset(config)
+    scored = [h for h in _shown(ckpt, metric)["history"] if f"test_{metric}" in h]
+    final = float(scored[-1][f"test_{metric}"]) if scored else None
+    card: dict[str, Any] = {"library_name": "sskt", "tags": tags, "pipeline_tag": task}
+    if dataset:
+        card["datasets"] = [dataset]
+    card["metrics"] = [metric_type]
+    if final is not None:
+        card["model-index"] = [{"name": str(config.get("name") or filename), "results": [{
+            "task": {"type": task},
+            "dataset": {"name": dataset or "test split", "type": dataset or "unknown"},
+            "metrics": [{"type": metric_type, "value": final,
+                         "name": f"Test {'mAP' if multilabel else 'top-1 accuracy'} (%)"}]}]}]
+    return card
+
+
+def _front_matter_yaml(card: dict[str, Any]) -> str:
+    """The front matter's YAML, by huggingface_hub's ModelCardData where it imports (the Hub's own writer)."""
+    try:
+        from huggingface_hub import EvalResult, ModelCardData
+    except ImportError:  # not installed: the same keys, by hand
+        return yaml.safe_dump(card, sort_keys=False, allow_unicode=True)
+    fields = {k: v for k, v in card.items() if k != "model-index"}
+    for entry in card.get("model-index", []):
+        result = entry["results"][0]
+        fields["model_name"] = entry["name"]
+        fields["eval_results"] = [EvalResult(
+            task_type=result["task"]["type"], dataset_name=result["dataset"]["name"],
+            dataset_type=result["dataset"]["type"], metric_type=m["type"], metric_value=m["value"],
+            metric_name=m["name"]) for m in result["metrics"]]
+    return ModelCardData(**fields).to_yaml()
+
+
 def model_card(ckpt: dict, net: nn.Module, meta: dict, filename: str, fmt: str) -> str:
-    """The Markdown model card written beside an export."""
+    """The Markdown model card written beside an export, opening with the Hub's YAML front matter."""
     import sskt
 
     config = ckpt.get("sskt_config") or {}
@@ -90,10 +161,15 @@ def model_card(ckpt: dict, net: nn.Module, meta: dict, filename: str, fmt: str) 
     classes = meta["classes"]
     activation = "multi-label: apply a sigmoid" if meta.get("multilabel") else "single-label: apply a softmax"
     how = {"sskt": "`sskt.load_model(path)` (eval mode, images in [0, 1], `.classes`), or as a source's `checkpoint:`",
+           "pt2": "`torch.export.load(path).module()` or `sskt.load_model(path)`",
            "torchscript": "`torch.jit.load(path)`",
            "onnx": "onnxruntime: input `images`, output `logits`, any batch size",
            "safetensors": "`sskt.load_model(path)` (metadata under the `sskt` key)"}[fmt]
     lines = [
+        "---",
+        _front_matter_yaml(front_matter(ckpt, meta, filename)).rstrip("\n"),
+        "---",
+        "",
         f"# Model card: {filename}",
         "",
         f"Target network of the sskt run `{config.get('name', '?')}`, exported as {fmt} "

@@ -64,8 +64,9 @@ class BuildContext:
             else:
                 hint = "a target's initial weights must be a state_dict: torch.save(model.state_dict(), path)"
                 state, what = extract_state_dict(read_checkpoint(t.checkpoint, trust_hint=hint)), str(t.checkpoint)
+        # target.model_kwargs are arguments of the target's architecture: a peer of another one gets none.
         net = TargetNetwork(arch or t.arch, num_classes or self.num_classes, self.in_chans, mean, std,
-                            t.stages if arch is None else None)
+                            t.stages if arch is None else None, t.model_kwargs if (arch or t.arch) == t.arch else None)
         if state is not None:
             own = net.model.state_dict()
             head = net.classifier_name

