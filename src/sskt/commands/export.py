@@ -1,4 +1,5 @@
-"""``sskt export``: write a checkpoint's target alone (TorchScript, ONNX, safetensors or sskt's own file).
+"""``sskt export``: write a checkpoint's target alone (torch.export, TorchScript, ONNX, safetensors or sskt's
+own file).
 
 The engine is imported when the command runs: ``sskt --help`` stays fast.
 """
@@ -11,11 +12,11 @@ from sskt.commands.kit import command
 
 def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="a training checkpoint (out_dir/checkpoints/last.ckpt)")
-    p.add_argument("output", help="where to write the model file, e.g. target.pt, target.onnx; a model card "
-                                  "goes to <output>.md")
-    p.add_argument("--format", choices=["sskt", "torchscript", "onnx", "safetensors"], default=None,
-                   help="default: from the output's suffix (.pt sskt, .ts/.torchscript, .onnx, .safetensors), "
-                        "else sskt")
+    p.add_argument("output", help="where to write the model file, e.g. target.pt, target.pt2, target.onnx; a "
+                                  "model card goes to <output>.md")
+    p.add_argument("--format", choices=["sskt", "pt2", "torchscript", "onnx", "safetensors"], default=None,
+                   help="default: from the output's suffix (.pt sskt, .pt2 torch.export, .ts/.torchscript, .onnx, "
+                        ".safetensors), else sskt; for PyTorch deployment prefer pt2 (torch.jit is deprecated)")
 
 
 @command("export", "write the target alone (main head only, no auxiliary heads or sources)", _export_args)

@@ -12,8 +12,11 @@ Formats (``format=`` or the output's suffix; every one takes float images in [0,
 
 - ``sskt`` (``.pt``, default): the sskt model file, loadable by :func:`sskt.load_model` (ready for
   inference) and usable as a source;
+- ``pt2`` (``.pt2``): a :class:`torch.export.ExportedProgram` (``torch.export.load(path).module()``),
+  dynamic batch dimension, metadata in the extra file ``sskt.json``; the format to prefer for PyTorch
+  deployment;
 - ``torchscript`` (``.ts``, ``.torchscript``): ``torch.jit.load(path)``, metadata in the extra file
-  ``sskt.json``;
+  ``sskt.json``; kept while torch has ``torch.jit`` (deprecated there: prefer ``pt2``);
 - ``onnx`` (``.onnx``): dynamic batch axis, input ``images``, output ``logits``, metadata in the
   model's ``metadata_props`` (needs ``pip install 'sskt[export]'``);
 - ``safetensors`` (``.safetensors``): the weights (``normalize.*`` and ``model.*``) with the metadata
@@ -49,8 +52,8 @@ from sskt.models.factory import create_model, model_spec
 from sskt.models.target import EXPORT_FORMAT, NormalizedClassifier
 from sskt.models.weights import load_weights, read_checkpoint
 
-FORMATS = ("sskt", "torchscript", "onnx", "safetensors")
-SUFFIXES = {".pt": "sskt", ".pth": "sskt", ".ts": "torchscript", ".torchscript": "torchscript",
+FORMATS = ("sskt", "pt2", "torchscript", "onnx", "safetensors")
+SUFFIXES = {".pt": "sskt", ".pth": "sskt", ".pt2": "pt2", ".ts": "torchscript", ".torchscript": "torchscript",
             ".onnx": "onnx", ".safetensors": "safetensors"}
 _TARGET_PREFIX = "method.target."
 _ONNX_OPSET = 17  # exported by torch >= 1.13, run by onnxruntime >= 1.14
@@ -107,7 +110,7 @@ def export(checkpoint: str | os.PathLike, path: str | os.PathLike, format: str |
     if card_path.is_dir():
         raise SSKTError(f"{card_path} (the model card) is a directory; move it or choose another output name")
     payload = _WRITERS[fmt](net, meta)  # everything is converted before anything is written
-    card = model_card(ckpt, net, meta, path.name, fmt)
+    card = _card(ckpt, net, meta, path.name, fmt)
     try:
         # bytes, so their size is reserved on disk first; a full disk is one DiskFullError naming the file
         elsewhere = "export to another path, then run the same command again"
@@ -119,7 +122,20 @@ def export(checkpoint: str | os.PathLike, path: str | os.PathLike, format: str |
 
 
 def _suffix(fmt: str) -> str:
-    return {"sskt": ".pt", "torchscript": ".ts", "onnx": ".onnx", "safetensors": ".safetensors"}[fmt]
+    return {"sskt": ".pt", "pt2": ".pt2", "torchscript": ".ts", "onnx": ".onnx", "safetensors": ".safetensors"}[fmt]
+
+
+def _card(ckpt: dict, net: NormalizedClassifier, meta: dict, filename: str, fmt: str) -> str:
+    """The model card. A model_card.py without a loading line for ``pt2`` (it names one per format) gets
+    the TorchScript card with pt2's line instead, so the export works either way."""
+    try:
+        return model_card(ckpt, net, meta, filename, fmt)
+    except KeyError:
+        if fmt != "pt2":
+            raise
+    card = model_card(ckpt, net, meta, filename, "torchscript")
+    return (card.replace("exported as torchscript", "exported as pt2", 1)
+            .replace("`torch.jit.load(path)`", "`torch.export.load(path).module()` or `sskt.load_model(path)`", 1))
 
 
 def _read_training_checkpoint(checkpoint: str | os.PathLike) -> dict:
@@ -208,10 +224,33 @@ def _to_sskt(net: NormalizedClassifier, meta: dict) -> bytes:
 
 
 @torch.no_grad()
+def _to_pt2(net: NormalizedClassifier, meta: dict) -> bytes:
+    """A :class:`torch.export.ExportedProgram` of the network, any batch size, checked after a round trip."""
+    batch = torch.export.Dim("batch", min=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notices; the round trip below is the real check
+        try:
+            program = torch.export.export(net, (_example(meta),), dynamic_shapes=({0: batch},), strict=False)
+            buf = io.BytesIO()
+            torch.export.save(program, buf, extra_files={"sskt.json": json.dumps(_metadata(meta))})
+            data = buf.getvalue()
+            loaded = torch.export.load(io.BytesIO(data)).module()
+        except Exception as err:  # an operator, or a batch-dependent branch, that torch.export cannot handle
+            first = (str(err).strip() or type(err).__name__).splitlines()[0]
+            raise SSKTError(f"the {meta['arch']} could not be exported with torch.export ({first}); "
+                            f"try --format onnx") from None
+    x = _example(meta, 3)  # another batch size than the traced one: the batch dimension is dynamic
+    _check_close(loaded(x), net(x), "torch.export", 1e-5)
+    return data
+
+
+@torch.no_grad()
 def _to_torchscript(net: NormalizedClassifier, meta: dict) -> bytes:
     example = _example(meta)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.jit's deprecation notices, tracer warnings
+        # torch.jit's FutureWarning (deprecated in favour of torch.export: format pt2) and tracer notices;
+        # the check below compares the result with the network
+        warnings.simplefilter("ignore")
         traced = torch.jit.trace(net, (example,))
         buf = io.BytesIO()
         torch.jit.save(traced, buf, _extra_files={"sskt.json": json.dumps(_metadata(meta))})
@@ -238,7 +277,7 @@ def _to_onnx(net: NormalizedClassifier, meta: dict) -> bytes:
                               opset_version=_ONNX_OPSET, do_constant_folding=True, **kwargs)
         except Exception as err:  # an operator ONNX lacks, or an exporter missing from this torch
             raise SSKTError(f"the {meta['arch']} could not be exported to ONNX ({str(err).splitlines()[0]}); "
-                            f"try --format torchscript") from None
+                            f"try --format pt2 or torchscript") from None
     model = onnx.load_from_string(buf.getvalue())
     for key, value in _metadata(meta).items():
         prop = model.metadata_props.add()
@@ -264,7 +303,8 @@ def _to_safetensors(net: NormalizedClassifier, meta: dict) -> bytes:
     return st.torch.save(tensors, metadata={"format": EXPORT_FORMAT, "sskt": json.dumps(_metadata(meta))})
 
 
-_WRITERS = {"sskt": _to_sskt, "torchscript": _to_torchscript, "onnx": _to_onnx, "safetensors": _to_safetensors}
+_WRITERS = {"sskt": _to_sskt, "pt2": _to_pt2, "torchscript": _to_torchscript, "onnx": _to_onnx,
+            "safetensors": _to_safetensors}
 
 
 def load_safetensors(path: str | os.PathLike) -> tuple[NormalizedClassifier, dict[str, Any]]:

@@ -1,7 +1,7 @@
 """Trained models as files: :func:`load_model` reads every file sskt writes into one ready-to-use network.
 
-It reads the ``target.pt`` a training run writes, the ``.pt`` / ``.safetensors`` / TorchScript files of
-``sskt export`` and a training checkpoint (``last.ckpt``, no data needed), and returns a
+It reads the ``target.pt`` a training run writes, the ``.pt`` / ``.pt2`` / ``.safetensors`` / TorchScript
+files of ``sskt export`` and a training checkpoint (``last.ckpt``, no data needed), and returns a
 :class:`LoadedModel`: an eval-mode ``nn.Module`` taking float images in [0, 1] (N x C x H x W) with
 the normalisation inside, returning logits, and knowing its classes and input size. ONNX files are run
 with onnxruntime instead (input ``images``, output ``logits``).
@@ -14,6 +14,7 @@ Example:
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -32,7 +33,7 @@ from sskt.models.factory import create_model, model_spec
 from sskt.models.target import EXPORT_FORMAT, NormalizedClassifier
 from sskt.models.weights import load_weights, read_checkpoint
 
-KINDS = "a target.pt, an `sskt export` file (.pt, .safetensors, .ts) or a training checkpoint (last.ckpt)"
+KINDS = "a target.pt, an `sskt export` file (.pt, .pt2, .safetensors, .ts) or a training checkpoint (last.ckpt)"
 _TORCH_MAGIC = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")  # torch.save's legacy pickle format
 
 
@@ -45,7 +46,8 @@ class LoadedModel(nn.Module):
         input_size: the square side images are decoded to (the last entry of ``input_shape``).
         multilabel: True when each output is its own yes/no (sigmoid), False for one class (softmax).
         arch: the architecture's name; num_classes: the number of outputs.
-        path: the file it was read from; format: ``sskt``, ``checkpoint``, ``safetensors`` or ``torchscript``.
+        path: the file it was read from; format: ``sskt``, ``checkpoint``, ``pt2``, ``safetensors`` or
+            ``torchscript``.
     """
 
     def __init__(self, network: nn.Module, *, arch: str | None, num_classes: int, classes: Sequence[str] | None,
@@ -115,9 +117,11 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
     """The trained model in ``path``, ready for inference: :class:`LoadedModel` (eval mode, images in
     [0, 1] -> logits, normalisation inside, ``.classes``, ``.input_size``).
 
-    ``path`` is a ``target.pt`` of a run, an ``sskt export`` file (``.pt``, ``.safetensors``, ``.ts``),
-    a training checkpoint (``last.ckpt``) or a run folder (its ``target.pt``, else its last checkpoint).
-    Files are read without unpickling code. An ONNX file, or any other file, is one clear error.
+    ``path`` is a ``target.pt`` of a run, an ``sskt export`` file (``.pt``, ``.pt2``, ``.safetensors``,
+    ``.ts``), a training checkpoint (``last.ckpt``) or a run folder (its ``target.pt``, else its last
+    checkpoint). Files are read without unpickling code (a ``.pt2`` holding pickles is refused; its graph
+    is rebuilt by ``torch.export.load``, so load ``.pt2`` and ``.ts`` files from sources you trust, as any
+    program). An ONNX file, or any other file, is one clear error.
     """
     path = Path(path).expanduser()
     if path.is_dir():
@@ -127,11 +131,13 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
     kind = file_kind(path)
     if kind == "onnx":
         raise SSKTError(f"{path} is an ONNX model: run it with onnxruntime (input 'images', output 'logits'); "
-                        f"sskt reads the run's target.pt or last.ckpt, or a .pt / .safetensors / .ts export")
+                        f"sskt reads the run's target.pt or last.ckpt, or a .pt / .pt2 / .safetensors / .ts export")
     if kind == "safetensors":
         return _from_safetensors(path)
     if kind == "torchscript":
         return _from_torchscript(path)
+    if kind == "pt2":
+        return _from_pt2(path)
     if kind != "torch":
         raise SSKTError(f"{path} is not a model file sskt can load ({kind}); give {KINDS}")
     obj = read_checkpoint(path, trust_hint="load_model reads tensors and plain data only; save the model's "
@@ -146,16 +152,19 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
 
 
 def file_kind(path: Path) -> str:
-    """``torch`` (torch.save), ``torchscript``, ``safetensors``, ``onnx``, or a description of something else,
-    from the file's first bytes (and an ONNX file's suffix)."""
+    """``torch`` (torch.save), ``pt2`` (torch.export.save), ``torchscript``, ``safetensors``, ``onnx``, or a
+    description of something else, from the file's first bytes (and an ONNX file's suffix)."""
     with open(path, "rb") as fh:
         head = fh.read(64)
     if head.startswith(b"PK\x03\x04"):
         try:
             with zipfile.ZipFile(path) as archive:
                 names = archive.namelist()
+                formats = [archive.read(n) for n in names if n.count("/") == 1 and n.endswith("/archive_format")]
         except (zipfile.BadZipFile, OSError):
             return "a damaged zip archive"
+        if b"pt2" in formats:  # torch.export's archive says so in <root>/archive_format
+            return "pt2"
         # TorchScript archives carry their code and constants; torch.save archives hold data.pkl only.
         return "torchscript" if any(n.endswith("/constants.pkl") or "/code/" in n for n in names) else "torch"
     if head.startswith(_TORCH_MAGIC):
@@ -240,6 +249,79 @@ def _from_torchscript(path: Path) -> LoadedModel:
         raise SSKTError(f"{path} is a TorchScript file but no sskt export (no sskt.json inside); run it with "
                         f"torch.jit.load(path)")
     return _wrap(net, json.loads(extra["sskt.json"]), path, "torchscript")
+
+
+class ExportedProgramModule(nn.Module):
+    """The module of a ``.pt2`` export (``torch.export.load(path).module()``). It was traced in eval mode
+    (BatchNorm on its running statistics, no dropout) and torch refuses ``train()`` / ``eval()`` on it:
+    here ``eval()`` sets the flags, ``train()`` is one clear error."""
+
+    def __init__(self, program: nn.Module) -> None:
+        super().__init__()
+        self.program = program
+        self.train(False)
+
+    def train(self, mode: bool = True) -> "ExportedProgramModule":
+        if mode:
+            raise SSKTError("a .pt2 export runs in eval mode only (it was traced so); to train further, start "
+                            "from its run's training checkpoint (last.ckpt) or target.pt")
+        for module in self.modules():
+            module.training = False  # flags only: the traced graph already computes eval mode
+        return self
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.program(images)
+
+
+def _from_pt2(path: Path) -> LoadedModel:
+    meta = _pt2_metadata(path)
+    try:
+        with open(path, "rb") as fh, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the deserialiser's notices
+            program = torch.export.load(fh).module()
+    except Exception as err:  # torch's own errors: a damaged archive, a newer serialisation, unknown operators
+        first = (str(err).strip() or type(err).__name__).splitlines()[0]
+        raise SSKTError(f"{path} is not a readable torch.export file ({first}); export it again with this "
+                        f"torch") from None
+    return _wrap(ExportedProgramModule(program), meta, path, "pt2")
+
+
+def _pt2_metadata(path: Path) -> dict[str, Any]:
+    """The ``sskt.json`` of a ``.pt2`` archive, read before torch is given the file, which is refused when it
+    holds pickles (torch.export.load unpickles them, and sskt writes none) or compiled code."""
+    try:
+        meta, unsafe = _pt2_contents(path)
+    except (zipfile.BadZipFile, OSError, ValueError, AttributeError) as err:  # damaged zip, JSON or config
+        raise SSKTError(f"{path} is not a readable torch.export file ({str(err).splitlines()[0]}); export it "
+                        f"again") from None
+    if unsafe:
+        raise SSKTError(f"{path} holds pickled objects or compiled code ({unsafe[0]}), which sskt's exports never "
+                        f"do and which could run code when loaded; export it again with sskt export")
+    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT or "input_shape" not in meta:
+        raise SSKTError(f"{path} carries an sskt.json that is not sskt's export metadata; export it again")
+    return meta
+
+
+def _pt2_contents(path: Path) -> tuple[Any, list[str]]:
+    """The parsed ``sskt.json`` of a ``.pt2`` archive and the entries that would be unpickled or run."""
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+        found = [n for n in names if n.count("/") == 2 and n.endswith("/extra/sskt.json")]
+        if not found:
+            raise SSKTError(f"{path} is a torch.export file but no sskt export (no sskt.json inside); run it "
+                            f"with torch.export.load(path).module()")
+        meta = json.loads(archive.read(found[0]))
+        unsafe = [n for n in names if "/data/aotinductor/" in n or "/data/constants/custom_obj_" in n
+                  or "/data/constants/opaque_obj_" in n]
+        for name in (n for n in names if n.endswith(("_weights_config.json", "_constants_config.json"))):
+            config = json.loads(archive.read(name)).get("config", {})
+            unsafe += [name for entry in config.values() if entry.get("use_pickle")]
+        for name in (n for n in names if "/data/sample_inputs/" in n):
+            try:  # torch.export.load would retry a refused one with full unpickling
+                torch.load(io.BytesIO(archive.read(name)), map_location="cpu", weights_only=True)
+            except Exception:
+                unsafe.append(name)
+    return meta, unsafe
 
 
 def _wrap(net: nn.Module, meta: dict[str, Any], path: Path, fmt: str) -> LoadedModel:
