@@ -147,15 +147,17 @@ def _progress(name: str, every_s: float = 30.0) -> Any:
         def __init__(self) -> None:
             self.start, self.last, self.first_epoch = time.perf_counter(), 0.0, None
 
+        def on_train_epoch_start(self, trainer: L.Trainer, module: Any) -> None:
+            if self.first_epoch is None:  # the rate is the epochs' own: the cache build before them is not
+                self.first_epoch, self.start = trainer.current_epoch, time.perf_counter()
+
         def on_train_epoch_end(self, trainer: L.Trainer, module: Any) -> None:
             epoch, total = trainer.current_epoch + 1, int(trainer.max_epochs or 0)
-            if self.first_epoch is None:
-                self.first_epoch = trainer.current_epoch
             now = time.perf_counter()
             if now - self.last < every_s and epoch != total:
                 return
             self.last = now
-            done = epoch - self.first_epoch
+            done = epoch - (self.first_epoch or 0)
             left = (now - self.start) / max(done, 1) * (total - epoch)
             val = next((f", val {h['val_acc']:.1f}%" for h in reversed(module.history) if "val_acc" in h), "")
             _say(f"{name}: epoch {epoch}/{total}{val}, about {left / 60:.0f} min left")
