@@ -18,7 +18,7 @@ from sskt.errors import SSKTError
 def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", metavar="MODEL",
                    help="a training checkpoint (out_dir/checkpoints/last.ckpt), or with DATA_DIR any trained model "
-                        "file (a run's target.pt, an `sskt export` .pt / .safetensors / .ts)")
+                        "file (a run's target.pt, an `sskt export` .pt / .pt2 / .safetensors / .ts)")
     p.add_argument("overrides", nargs="*", metavar="DATA_DIR | key=value",
                    help="DATA_DIR: a folder of class folders (DATA_DIR/<class>/<image>, or DATA_DIR/test/<class>/) "
                         "to score MODEL on; or, for a checkpoint's test split, dotted overrides, e.g. "

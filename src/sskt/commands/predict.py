@@ -14,7 +14,7 @@ from sskt.commands.kit import command
 
 def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a trained model: a run's target.pt (or its folder), an `sskt export` file "
-                                 "(.pt, .safetensors, .ts) or a training checkpoint (last.ckpt)")
+                                 "(.pt, .pt2, .safetensors, .ts) or a training checkpoint (last.ckpt)")
     p.add_argument("images", nargs="+", help="image files or folders (searched recursively), any size and mode")
     p.add_argument("--top-k", type=int, default=3, help="how many of the most probable classes to list (default 3)")
     p.add_argument("--csv", metavar="FILE", default=None, help="also write the predictions to this CSV file")

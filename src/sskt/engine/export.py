@@ -110,7 +110,7 @@ def export(checkpoint: str | os.PathLike, path: str | os.PathLike, format: str |
     if card_path.is_dir():
         raise SSKTError(f"{card_path} (the model card) is a directory; move it or choose another output name")
     payload = _WRITERS[fmt](net, meta)  # everything is converted before anything is written
-    card = _card(ckpt, net, meta, path.name, fmt)
+    card = model_card(ckpt, net, meta, path.name, fmt)
     try:
         # bytes, so their size is reserved on disk first; a full disk is one DiskFullError naming the file
         elsewhere = "export to another path, then run the same command again"
@@ -123,19 +123,6 @@ def export(checkpoint: str | os.PathLike, path: str | os.PathLike, format: str |
 
 def _suffix(fmt: str) -> str:
     return {"sskt": ".pt", "pt2": ".pt2", "torchscript": ".ts", "onnx": ".onnx", "safetensors": ".safetensors"}[fmt]
-
-
-def _card(ckpt: dict, net: NormalizedClassifier, meta: dict, filename: str, fmt: str) -> str:
-    """The model card. A model_card.py without a loading line for ``pt2`` (it names one per format) gets
-    the TorchScript card with pt2's line instead, so the export works either way."""
-    try:
-        return model_card(ckpt, net, meta, filename, fmt)
-    except KeyError:
-        if fmt != "pt2":
-            raise
-    card = model_card(ckpt, net, meta, filename, "torchscript")
-    return (card.replace("exported as torchscript", "exported as pt2", 1)
-            .replace("`torch.jit.load(path)`", "`torch.export.load(path).module()` or `sskt.load_model(path)`", 1))
 
 
 def _read_training_checkpoint(checkpoint: str | os.PathLike) -> dict:
