@@ -120,6 +120,9 @@ class TrainConfig:
     milestones: list[int] = field(default_factory=lambda: [60, 120, 160])
     gamma: Annotated[float, Gt(0)] = 0.2
     precision: str = "32-true"  # Lightning precision of the target: 32-true, bf16-mixed, 16-mixed
+    # The target (its trainable part) and its 4-D inputs in channels_last memory: with bf16 autocast on a CPU with
+    # AVX-512-bf16 / AMX this is the fast path. "auto": on with a mixed precision, off with 32-true.
+    channels_last: bool | str = "auto"
     accelerator: str = "auto"
     devices: Any = 1
     strategy: str = "auto"
@@ -138,6 +141,15 @@ class TrainConfig:
         # Types and ranges are checked when the config is read (sskt.validation); this is what they can't say.
         if self.schedule not in ("multistep", "cosine", "constant"):
             raise SSKTError(f"train.schedule: must be multistep, cosine or constant, got {self.schedule!r}")
+        if isinstance(self.channels_last, str) and self.channels_last != "auto":
+            raise SSKTError(f"train.channels_last: must be auto, true or false, got {self.channels_last!r}")
+
+    @property
+    def uses_channels_last(self) -> bool:
+        """Whether the target trains in channels_last (``channels_last: auto``: with a mixed precision)."""
+        if self.channels_last == "auto":
+            return "mixed" in str(self.precision)
+        return bool(self.channels_last)
 
 
 @dataclass

@@ -88,6 +88,15 @@ class MethodModule(L.LightningModule):
             if isinstance(config.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
                 config.scheduler.T_max = max(self.train_cfg.epochs, 1)
 
+    def on_fit_start(self) -> None:
+        # The fast path with bf16 autocast, for image targets; frozen sources keep the format their bank chose.
+        target = getattr(self.method, "target", None)
+        if self.train_cfg.uses_channels_last and isinstance(target, torch.nn.Module) and self._images():
+            target.to(memory_format=torch.channels_last)
+
+    def _images(self) -> bool:
+        return self.input_shape is None or len(self.input_shape) == 3  # (C, H, W), not clips
+
     def on_train_epoch_start(self) -> None:
         if self._views is None:  # the method is prepared by now: its soft-label store (if any) exists
             self._views = TrainingViews(self.crop_padding, self.flip, self.seed, self.method.soft_label_store())
@@ -103,6 +112,8 @@ class MethodModule(L.LightningModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
         assert self._views is not None
         batch = self._views(batch)  # the views shown (drawn, or stored with their soft labels)
+        if self.train_cfg.uses_channels_last and batch["image"].ndim == 4 and self._images():
+            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
         images = batch["image"]
         if self.automatic_optimization:
             out = self.method.training_step(batch)
