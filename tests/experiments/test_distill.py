@@ -65,8 +65,9 @@ def test_overrides_reach_the_distillation_stage_unless_prefixed(tmp_path: Path) 
 def test_a_stage_is_charged_for_every_invocation(tmp_path: Path) -> None:
     from sskt.experiments.distill import _stage_cost
 
-    _stage_cost(tmp_path, 10.0, 12.0)  # interrupted
-    assert _stage_cost(tmp_path, 5.0, 6.0) == {"cpu_s": 15.0, "wall_s": 18.0, "invocations": 2}  # resumed
+    _stage_cost(tmp_path, 10.0, 12.0, invocation=True)  # interrupted
+    _stage_cost(tmp_path, invocation=True)  # resumed: charged as it goes
+    assert _stage_cost(tmp_path, 5.0, 6.0) == {"cpu_s": 15.0, "wall_s": 18.0, "invocations": 2}
     assert _stage_cost(tmp_path)["cpu_s"] == 15.0  # read back when reused
 
 

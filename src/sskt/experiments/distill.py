@@ -138,7 +138,7 @@ def _say(text: str) -> None:
     print(f"sskt distill: {text}", file=sys.stderr, flush=True)
 
 
-def _progress(name: str, every_s: float = 30.0) -> Any:
+def _progress(name: str, meter: "_CostMeter | None" = None, every_s: float = 30.0) -> Any:
     """A Lightning callback printing one line per epoch (at most every ``every_s`` seconds): epoch, the last
     validation score and the time left, in the style of the other lines (quiet enough for logs)."""
     import lightning as L
@@ -152,6 +152,8 @@ def _progress(name: str, every_s: float = 30.0) -> Any:
                 self.first_epoch, self.start = trainer.current_epoch, time.perf_counter()
 
         def on_train_epoch_end(self, trainer: L.Trainer, module: Any) -> None:
+            if meter is not None:
+                meter.charge()
             epoch, total = trainer.current_epoch + 1, int(trainer.max_epochs or 0)
             now = time.perf_counter()
             if now - self.last < every_s and epoch != total:
@@ -165,9 +167,10 @@ def _progress(name: str, every_s: float = 30.0) -> Any:
     return EpochLine()
 
 
-def _stage_cost(stage_dir: Path, cpu_s: float = 0.0, wall_s: float = 0.0) -> dict:
+def _stage_cost(stage_dir: Path, cpu_s: float = 0.0, wall_s: float = 0.0, invocation: bool = False) -> dict:
     """The CPU and wall seconds a stage has cost over every invocation (``stage_dir/cost.json``), after adding
-    ``cpu_s`` / ``wall_s``: an interrupted and resumed stage is charged for all of its work."""
+    ``cpu_s`` / ``wall_s`` (``invocation``: and counting one more invocation): an interrupted and resumed stage
+    is charged for all of its work."""
     from sskt.io import atomic_json_dump
 
     path = stage_dir / "cost.json"
@@ -175,12 +178,29 @@ def _stage_cost(stage_dir: Path, cpu_s: float = 0.0, wall_s: float = 0.0) -> dic
         cost = json.loads(path.read_text())
     except (OSError, ValueError):
         cost = {"cpu_s": 0.0, "wall_s": 0.0, "invocations": 0}
-    if cpu_s or wall_s:
+    if cpu_s or wall_s or invocation:
         cost = {"cpu_s": round(cost["cpu_s"] + cpu_s, 1), "wall_s": round(cost["wall_s"] + wall_s, 1),
-                "invocations": cost["invocations"] + 1}
+                "invocations": cost["invocations"] + int(invocation)}
         stage_dir.mkdir(parents=True, exist_ok=True)
         atomic_json_dump(cost, path)
     return cost
+
+
+class _CostMeter:
+    """Charges a stage's cost.json with the time spent since the last charge: after every epoch and at the end,
+    so a process killed outright (SIGKILL, a machine stopped) loses at most one epoch of its account."""
+
+    def __init__(self, stage_dir: Path) -> None:
+        self.stage_dir, self.spent = stage_dir, 0.0
+        self._cpu, self._wall = time.process_time(), time.perf_counter()
+        _stage_cost(stage_dir, invocation=True)
+
+    def charge(self) -> dict:
+        cpu, wall = time.process_time(), time.perf_counter()
+        self.spent += cpu - self._cpu
+        cost = _stage_cost(self.stage_dir, cpu - self._cpu, wall - self._wall)
+        self._cpu, self._wall = cpu, wall
+        return cost
 
 
 def _run_stage(name: str, cfg: ExperimentConfig, times: dict[str, dict]) -> dict:
@@ -194,15 +214,14 @@ def _run_stage(name: str, cfg: ExperimentConfig, times: dict[str, dict]) -> dict
         times[name] = {**_stage_cost(stage_dir), "reused": True, "this_invocation_cpu_s": 0.0}
         return done
     _say(f"stage {name}: {cfg.train.epochs} epoch(s) -> {cfg.out_dir}")
-    cpu, wall = time.process_time(), time.perf_counter()
-    progress = [_progress(name)]
+    meter = _CostMeter(stage_dir)
+    progress = [_progress(name, meter)]
     try:
         result = (cluster_transfer(cfg, progress) if cfg.method.get("name") == "cluster-transfer"
                   else fit(cfg, callbacks=progress))
     finally:  # also when interrupted: the rerun adds the rest
-        spent = time.process_time() - cpu
-        cost = _stage_cost(stage_dir, spent, time.perf_counter() - wall)
-    times[name] = {**cost, "reused": False, "this_invocation_cpu_s": spent}
+        cost = meter.charge()
+    times[name] = {**cost, "reused": False, "this_invocation_cpu_s": meter.spent}
     return result.record
 
 
