@@ -62,3 +62,22 @@ class CrashInEpoch(L.Callback):
     def on_train_batch_start(self, trainer: Any, module: Any, batch: Any, batch_idx: int) -> None:
         if trainer.current_epoch == self.epoch and batch_idx == 2:
             raise RuntimeError("simulated crash")
+
+
+def assert_unloadable(path: Path, says: str, tmp_path: Path, capsys: Any) -> None:
+    """``sskt.load_model(path)`` and ``sskt predict path IMAGE`` refuse the file in one line containing ``says``."""
+    from PIL import Image
+
+    import sskt
+    from sskt.cli import main
+    from sskt.errors import SSKTError
+
+    with pytest.raises(SSKTError) as err:
+        sskt.load_model(path)
+    assert says in str(err.value) and "\n" not in str(err.value)
+    image = tmp_path / "x.png"
+    Image.new("RGB", (8, 8)).save(image)
+    capsys.readouterr()
+    assert main(["predict", str(path), str(image)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sskt: error:") and says in lines[0]

@@ -4,7 +4,6 @@ import json
 import warnings
 import zipfile
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -16,7 +15,7 @@ from sskt.engine.export import export
 from sskt.engine.run import fit
 from sskt.errors import SSKTError
 
-from testutils import CIFAR_JPEG, need, tiny_config
+from testutils import assert_unloadable, tiny_config
 
 CLASSES = [str(c) for c in range(10)]
 
@@ -29,18 +28,6 @@ def run(tmp_path_factory):
     written = export(result.checkpoint, tmp / "model.pt2")
     return {"last.ckpt": result.checkpoint, "target.pt": result.out_dir / "target.pt", "model.pt2": written.path,
             "card": written.card, "format": written.format}
-
-
-@pytest.fixture(params=["generated", "cifar"])
-def image(request, tmp_path):
-    """A real image file: a CIFAR-10 test JPEG (when ../shared is there), or a generated wide RGBA PNG."""
-    if request.param == "cifar":
-        return need(CIFAR_JPEG / "test" / "cat" / "0000.jpg")
-    yy, xx = np.mgrid[0:23, 0:37]
-    rgba = np.stack([xx * 7 % 256, yy * 11 % 256, (xx * yy) % 256, np.full_like(xx, 200)], -1).astype(np.uint8)
-    path = tmp_path / "wide.png"
-    Image.fromarray(rgba, "RGBA").save(path)
-    return path
 
 
 @pytest.mark.parametrize("reference", ["last.ckpt", "target.pt"])
@@ -180,16 +167,7 @@ def _plain_program(tmp):
 @pytest.mark.parametrize("kind", BAD_PT2)
 def test_pt2_files_sskt_cannot_load_are_one_clear_line(run, tmp_path, capsys, kind):
     make, says = BAD_PT2[kind]
-    path = make(run, tmp_path)
-    with pytest.raises(SSKTError) as err:
-        sskt.load_model(path)
-    assert says in str(err.value) and "\n" not in str(err.value)
-    image = tmp_path / "x.png"
-    Image.new("RGB", (8, 8)).save(image)
-    capsys.readouterr()
-    assert main(["predict", str(path), str(image)]) == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("sskt: error:") and says in lines[0]
+    assert_unloadable(make(run, tmp_path), says, tmp_path, capsys)
 
 
 def test_a_file_is_read_by_its_content_not_its_suffix(run, tmp_path):

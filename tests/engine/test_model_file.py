@@ -2,21 +2,17 @@
 (eval mode, normalisation inside, classes and input size known) as the ONNX export, on a real image."""
 import shutil
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import sskt
-from sskt.cli import main
 from sskt.config import ExperimentConfig
 from sskt.data.images import read_image
 from sskt.engine.export import export
 from sskt.engine.run import fit
-from sskt.errors import SSKTError
 from sskt.models.target import TargetNetwork
 
-from testutils import CIFAR_JPEG, need, tiny_config
+from testutils import assert_unloadable, tiny_config
 
 CLASSES = [str(c) for c in range(10)]
 
@@ -30,18 +26,6 @@ def run(tmp_path_factory):
     for name in ("export.pt", "export.onnx", "export.ts", "export.safetensors"):
         files[name] = export(result.checkpoint, tmp / name).path
     return files
-
-
-@pytest.fixture(params=["generated", "cifar"])
-def image(request, tmp_path):
-    """A real image file: a CIFAR-10 test JPEG (when ../shared is there), or a generated wide RGBA PNG."""
-    if request.param == "cifar":
-        return need(CIFAR_JPEG / "test" / "cat" / "0000.jpg")
-    yy, xx = np.mgrid[0:23, 0:37]
-    rgba = np.stack([xx * 7 % 256, yy * 11 % 256, (xx * yy) % 256, np.full_like(xx, 200)], -1).astype(np.uint8)
-    path = tmp_path / "wide.png"
-    Image.fromarray(rgba, "RGBA").save(path)
-    return path
 
 
 def _onnx_logits(path, x):
@@ -123,16 +107,7 @@ BAD_FILES = {  # what the user gives -> what the one line says
 @pytest.mark.parametrize("kind", BAD_FILES)
 def test_files_that_are_no_model_are_one_clear_line(run, tmp_path, capsys, kind):
     make, says = BAD_FILES[kind]
-    path = make(run, tmp_path)
-    with pytest.raises(SSKTError) as err:
-        sskt.load_model(path)
-    assert says in str(err.value) and "\n" not in str(err.value)
-    image = tmp_path / "x.png"
-    Image.new("RGB", (8, 8)).save(image)
-    capsys.readouterr()
-    assert main(["predict", str(path), str(image)]) == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("sskt: error:") and says in lines[0]
+    assert_unloadable(make(run, tmp_path), says, tmp_path, capsys)
 
 
 def test_a_moved_target_pt_still_loads(run, tmp_path):
