@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import types
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -80,7 +81,7 @@ def _field_types(cls: type, key: str) -> list[Any]:
         origin = typing.get_origin(t)
         if origin is typing.Annotated:
             todo.append(typing.get_args(t)[0])
-        elif origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        elif origin in (typing.Union, types.UnionType):
             todo.extend(typing.get_args(t))
         else:
             out.append(origin or t)

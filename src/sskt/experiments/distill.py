@@ -36,8 +36,8 @@ from typing import Any, Sequence
 from sskt.config import ExperimentConfig, apply_overrides
 from sskt.errors import SSKTError
 from sskt.experiments.distill_plan import (BATCH, SOURCE_ARCH, STAGE_PREFIXES, UNLABELED_RATIO, DataSurvey, Plan,
-                                           Rates, choose_target, make_plan, parse_budget, source_network, survey,
-                                           time_rates)
+                                           Rates, choose_target, make_plan, parse_budget, source_network, source_size_for,
+                                           survey, time_rates)
 
 def _data_section(data: DataSurvey, plan: Plan, unlabeled: str | None, out: Path, smoke: bool) -> dict:
     section: dict[str, Any] = {"dataset": "imagefolder", "root": str(data.root), "image_size": plan.image_size,
@@ -262,17 +262,15 @@ def _export(stage_dir: Path, out: Path) -> dict[str, str]:
 def _sizes(plan: Plan, classes: int, model_path: Path) -> dict[str, Any]:
     import torch
 
-    from sskt.models.target import NormalizedClassifier
-    from sskt.models.weights import load_network
+    from sskt.engine.model_file import load_model
 
-    target = load_network(None, model_path)
-    t_net = NormalizedClassifier(target.module, target.mean, target.std).eval()
+    target = load_model(model_path)  # as a user loads it: eval mode, normalisation inside
     src = source_network(plan.source_size)
     head = [m for m in src.modules() if isinstance(m, torch.nn.Linear)][-1]
     src_params = sum(p.numel() for p in src.parameters()) - sum(p.numel() for p in head.parameters())
     src_params += head.in_features * classes + classes  # its linear probe on your classes
-    return {"target_params": sum(p.numel() for p in t_net.parameters()), "source_params": src_params,
-            "target_ms": _latency_ms(t_net, plan.image_size), "source_ms": _latency_ms(src, plan.source_size)}
+    return {"target_params": sum(p.numel() for p in target.parameters()), "source_params": src_params,
+            "target_ms": _latency_ms(target, plan.image_size), "source_ms": _latency_ms(src, plan.source_size)}
 
 
 def _adapted_top1(record: dict) -> tuple[float | None, float | None]:
@@ -328,7 +326,7 @@ def distill(data_dir: str | os.PathLike, out_dir: str | os.PathLike, unlabeled: 
     arch = forced.get("target.arch")
     plan_size = int(size) if size is not None else data.image_size
     plan_arch = str(arch) if arch is not None else choose_target(plan_size)
-    source_size = 96 if plan_size <= 32 else min(224, 2 * plan_size)
+    source_size = source_size_for(plan_size)
     _say(f"{len(data.classes)} classes, {data.train_images} labelled images ({min(data.counts)}-{max(data.counts)} "
          f"per class), {data.test_count or 'no'} test images, {data.unlabeled or 'no'} unlabelled; "
          f"median shorter side {data.median_side:.0f} px")
@@ -403,7 +401,8 @@ def _stored_plan(path: Path, inputs: dict) -> tuple[Plan | None, Rates | None]:
         stored = json.loads(path.read_text())
         if stored.get("inputs") != json.loads(json.dumps(inputs)):
             return None, None
-        return Plan(**stored["plan"]), Rates(**stored["rates"])
+        known = {f.name for f in dataclasses.fields(Plan)}  # a field dropped since is ignored, not a new plan
+        return Plan(**{k: v for k, v in stored["plan"].items() if k in known}), Rates(**stored["rates"])
     except (OSError, ValueError, TypeError, KeyError):
         return None, None
 

@@ -165,7 +165,6 @@ class Plan:
     source_size: int
     val_per_class: int
     test_fraction: float | None
-    unlabeled: str | None
     unlabeled_count: int | None  # unlabelled images the distillation stage learns from (all are clustered)
     k: int
     cache_views: int  # augmented views per image in the soft-label cache
@@ -174,6 +173,12 @@ class Plan:
     eval_every: int
     budget_seconds: float
     estimates: dict[str, float] = field(default_factory=dict)  # CPU seconds per stage, estimated
+
+
+def source_size_for(image_size: int) -> int:
+    """The side the source sees images of ``image_size`` at: 96 px for small (CIFAR-like) images, else twice
+    the input size, at most the 224 px ImageNet networks were trained at."""
+    return 96 if image_size <= 32 else min(224, 2 * image_size)
 
 
 def choose_target(image_size: int) -> str:
@@ -187,7 +192,7 @@ def make_plan(data: DataSurvey, rates: Rates, budget: float, smoke: bool, image_
     """Size every stage to the data and the budget (CPU seconds)."""
     size = image_size or data.image_size
     arch = target_arch or choose_target(size)
-    source_size = 96 if size <= 32 else min(224, 2 * size)
+    source_size = source_size_for(size)
     smallest = min(data.counts)
     test_fraction = None if data.layout == "train-test" else 0.2
     # Validation images per class: a tenth of the smallest class's training part, 1 to 50 (every selection
@@ -203,7 +208,7 @@ def make_plan(data: DataSurvey, rates: Rates, budget: float, smoke: bool, image_
     n_test = data.test_count or (data.train_images - n_train)
     n_u = data.unlabeled
     if smoke:
-        return Plan(size, arch, source_size, 1, test_fraction, None if not n_u else "", min(n_u, 32) or None,
+        return Plan(size, arch, source_size, 1, test_fraction, min(n_u, 32) or None,
                     k=2, cache_views=1, cluster_epochs=1, distill_epochs=1, eval_every=1, budget_seconds=budget)
     steps_per_epoch = max(1, n_lab // BATCH)
     evaluations = 8
@@ -237,5 +242,5 @@ def make_plan(data: DataSurvey, rates: Rates, budget: float, smoke: bool, image_
         distill_epochs = int(max(1, min(400, (budget - fixed) / (steps_per_epoch * step_cost))))
         estimates = {"source passes": round(fixed - 30.0, 1),
                      "distill (training)": round(distill_epochs * steps_per_epoch * step_cost, 1)}
-    return Plan(size, arch, source_size, val, test_fraction, None, unlabeled_count if n_u else None, k, views,
+    return Plan(size, arch, source_size, val, test_fraction, unlabeled_count if n_u else None, k, views,
                 cluster_epochs, distill_epochs, max(1, distill_epochs // evaluations), budget, estimates)
